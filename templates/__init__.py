@@ -1,0 +1,1 @@
+# The packaged unit templates (Jinja2); a directory, not a module.

@@ -1,0 +1,267 @@
+"""The command line: a thin layer over manifest, render, graph and files.
+
+Exit codes: 0 ok, 1 failure (or, for diff, changes pending), 2 usage.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import socket
+import sys
+import sysconfig
+import traceback
+from dataclasses import asdict
+
+import click
+
+from . import __version__, files, graph, manifest as manifest_mod, render, values
+from .errors import AgentkitError, ManifestError
+from .model import Manifest
+
+
+class Context:
+    def __init__(self, manifest_dir: str, debug: bool):
+        self.manifest_dir = manifest_dir
+        self.debug = debug
+        self._manifest: Manifest | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = manifest_mod.load(self.manifest_dir)
+        return self._manifest
+
+
+def default_bin_dir() -> str:
+    """Where this agentkit's own programs are installed (its virtualenv's bin/, say)."""
+    return sysconfig.get_path("scripts")
+
+
+host_option = click.option("--host", "hosts", multiple=True, metavar="HOST",
+                           help="Only this host (repeatable). Default: every host of the manifest.")
+profile_option = click.option("--profile", metavar="PROFILE",
+                              help="Which optional agents to install. Default: the manifest's default_profile.")
+bin_dir_option = click.option("--bin-dir", default=default_bin_dir, show_default="this agentkit's bin directory",
+                              envvar="AGENTKIT_BIN_DIR", metavar="DIR",
+                              help="Where bare program names in commands (agentkit-agent) live on the hosts.")
+templates_option = click.option("--templates", metavar="DIR", type=click.Path(file_okay=False, exists=True),
+                                help="Templates here replace the packaged ones of the same name.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-m", "--manifest", "manifest_dir", default="agents", show_default=True, envvar="AGENTKIT_MANIFEST",
+              metavar="DIR", help="The manifest directory (fleet.yaml and one YAML file per group of agents).")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="agentkit")
+@click.pass_context
+def cli(ctx: click.Context, manifest_dir: str, debug: bool) -> None:
+    """Run a fleet of AI agents under the host's own init system."""
+    ctx.obj = Context(manifest_dir, debug)
+
+
+def _hosts(m: Manifest, chosen: tuple[str, ...]) -> list[str]:
+    for host in chosen:
+        if host not in m.hosts:
+            raise AgentkitError(f"unknown host {host!r} (hosts in {m.root}: {', '.join(m.hosts)})")
+    return list(chosen) or list(m.hosts)
+
+
+@cli.command()
+@click.pass_obj
+def validate(obj: Context) -> None:
+    """Check the manifest; print every problem as FILE:LINE: key: message."""
+    m = obj.manifest
+    essential = sum(a.essential for a in m.agents.values())
+    click.echo(f"{m.root}: {len(m.agents)} agents on {len(m.hosts)} hosts "
+               f"({essential} essential, {len(m.agents) - essential} optional), "
+               f"profiles: {', '.join(m.profiles)}: ok")
+    pairs = graph.cross_host(m)
+    if pairs:
+        click.echo("dependencies across hosts (rendered as addresses in AGENTKIT_DEPENDS, not unit dependencies):")
+        for agent, dep in pairs:
+            click.echo(f"  {agent.name} ({agent.host}) -> {dep.name} ({dep.host}, {m.hosts[dep.host].address}:{dep.port})")
+
+
+@cli.command("render")
+@host_option
+@profile_option
+@click.option("--out", default="build", show_default=True, metavar="DIR", help="Write DIR/<host>/ for each host.")
+@bin_dir_option
+@templates_option
+@click.pass_obj
+def render_cmd(obj: Context, hosts, profile, out, bin_dir, templates) -> None:
+    """Write the systemd units of each host into OUT/<host>/ (nothing else is touched)."""
+    m = obj.manifest
+    plans = {host: render.plan(m, host, profile, bin_dir=bin_dir, templates=templates) for host in _hosts(m, hosts)}
+    for host in plans:  # refuse before writing anything
+        files.check_replaceable(os.path.join(out, host))
+    for host, planned in plans.items():
+        target = os.path.join(out, host)
+        files.replace_tree(target, planned)
+        counts: dict[str, int] = {}
+        for item in planned:
+            kind = item.path.rsplit(".", 1)[-1]
+            counts[kind] = counts.get(kind, 0) + 1
+        summary = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(counts.items()))
+        click.echo(f"{target}/: {summary}")
+
+
+@cli.command()
+@click.argument("directory", required=False, type=click.Path(file_okay=False))
+@click.option("--root", type=click.Path(file_okay=False, exists=True),
+              help="Compare with the units installed under ROOT/etc/systemd/system (one host).")
+@host_option
+@profile_option
+@bin_dir_option
+@templates_option
+@click.pass_obj
+def diff(obj: Context, directory, root, hosts, profile, bin_dir, templates) -> None:
+    """Show how DIRECTORY/<host>/ (or an installed ROOT) differs from the manifest; exit 1 if it does."""
+    if (directory is None) == (root is None):
+        raise click.UsageError("give a DIRECTORY rendered earlier, or --root ROOT")
+    m = obj.manifest
+    if root is not None:
+        if len(hosts) > 1:
+            raise click.UsageError("--root holds one host: give at most one --host")
+        host = hosts[0] if hosts else _this_host(m)
+        places = {host: os.path.join(root, "etc/systemd/system")}
+    else:
+        places = {host: os.path.join(directory, host) for host in _hosts(m, hosts)}
+    changed = 0
+    for host, place in places.items():
+        planned = render.plan(m, host, profile, bin_dir=bin_dir, templates=templates)
+        changed += _show_diff(place, planned, only_ours=root is not None)
+    if changed:
+        click.echo(f"{changed} file{' differs' if changed == 1 else 's differ'}", err=True)
+        sys.exit(1)
+
+
+def _this_host(m: Manifest) -> str:
+    name = socket.gethostname().split(".")[0]
+    if name not in m.hosts:
+        raise AgentkitError(f"this machine ({name}) is not a host of {m.root}; say which with --host")
+    return name
+
+
+def _show_diff(place: str, planned, only_ours: bool) -> int:
+    changed = 0
+    wanted = {item.path: item for item in planned}
+    present = sorted(n for n in os.listdir(place) if files.OURS.match(n)) if os.path.isdir(place) else []
+    for name in sorted(set(wanted) | set(present)):
+        path = os.path.join(place, name)
+        new = wanted[name].text.splitlines(keepends=True) if name in wanted else []
+        old: list[str] = []
+        if name in present:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                old = handle.read().splitlines(keepends=True)
+        if old != new:
+            changed += 1
+            sys.stdout.writelines(difflib.unified_diff(old, new, path if old else "/dev/null",
+                                                       path if new else "/dev/null"))
+    return changed
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="The resolved model as JSON.")
+@host_option
+@profile_option
+@click.pass_obj
+def show(obj: Context, as_json: bool, hosts, profile) -> None:
+    """The resolved manifest: every setting of every agent, defaults applied."""
+    m = obj.manifest
+    chosen = set(_hosts(m, hosts))
+    agents = [a for a in graph.selected(m, profile) if a.host in chosen]
+    if as_json:
+        click.echo(json.dumps(_model_json(m, agents, profile), indent=2))
+        return
+    rows = [("AGENT", "HOST", "CLASS", "PORT", "HEALTH", "ACTIVATION", "DEPENDS ON")]
+    for a in agents:
+        rows.append((a.name, a.host, "essential" if a.essential else "optional", str(a.port),
+                     str(a.health_port or "-"), a.activation, ",".join(a.depends_on) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+
+
+def _model_json(m: Manifest, agents, profile) -> dict:
+    def agent_json(a) -> dict:
+        data = asdict(a)
+        data["where"] = str(a.where)
+        data["environment"] = dict(a.environment)
+        data["restart"] = {"policy": a.restart.policy, "delay": values.format_span(a.restart.delay_us),
+                           "burst": a.restart.burst, "interval": values.format_span(a.restart.interval_us)}
+        for key in ("idle_stop_us", "start_timeout_us", "watchdog_us"):
+            usec = data.pop(key)
+            data[key[:-3]] = values.format_span(usec) if usec is not None else None
+        if a.essential:
+            data.pop("idle_stop")
+        for key in ("memory_max", "gpu_memory"):
+            if data[key] is not None:
+                data[key] = values.format_size(data[key])
+        return data
+
+    return {
+        "name": m.name,
+        "manifest": m.root,
+        "profile": profile or m.default_profile,
+        "hosts": {h.name: {"address": h.address, "environment": dict(h.environment), "ports": dict(h.ports)}
+                  for h in m.hosts.values()},
+        "slices": {s.name: asdict(s) for s in m.slices.values()},
+        "profiles": {p.name: sorted(a.name for a in graph.selected(m, p.name) if a.optional) for p in m.profiles.values()},
+        "agents": [agent_json(a) for a in agents],
+        "cross_host": [{"agent": a.name, "depends_on": d.name, "address": f"{m.hosts[d.host].address}:{d.port}"}
+                       for a, d in graph.cross_host(m)],
+    }
+
+
+@cli.command("graph")
+@click.option("--format", "fmt", type=click.Choice(["dot", "mermaid"]), default="dot", show_default=True)
+@host_option
+@profile_option
+@click.pass_obj
+def graph_cmd(obj: Context, fmt: str, hosts, profile) -> None:
+    """The dependency graph, for Graphviz (dot -Tsvg) or Mermaid."""
+    m = obj.manifest
+    chosen = set(_hosts(m, hosts))
+    agents = [a for a in graph.selected(m, profile) if a.host in chosen]
+    click.echo((graph.to_dot if fmt == "dot" else graph.to_mermaid)(m, agents), nl=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; turn agentkit's errors into a message and an exit code."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="agentkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except ManifestError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        count = len(exc.problems)
+        click.echo(f"agentkit: {count} problem{'s' if count != 1 else ''} in the manifest; nothing was written",
+                   err=True)
+        return exc.exit_code
+    except AgentkitError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"agentkit: error: {exc}", err=True)
+        return exc.exit_code
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"agentkit: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+                   err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Writing rendered files: atomic, and never over what agentkit did not write."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Iterable
+
+from .errors import AgentkitError
+
+# What a host directory of agentkit's may hold; anything else there is the user's.
+OURS = re.compile(r"^agentkit[A-Za-z0-9_.:-]*\.(service|socket|slice|target)$")
+
+
+def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
+    """Write `path` through a temporary file and a rename: readers see the old or the new file, whole."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def foreign_files(directory: str) -> list[str]:
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if not OURS.match(name))
+
+
+def check_replaceable(directory: str) -> None:
+    """Refuse a directory that holds files agentkit would not have written."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise AgentkitError(f"{directory}: exists and is not a directory")
+    foreign = foreign_files(directory)
+    if foreign:
+        raise AgentkitError(f"{directory}: holds files agentkit did not write ({', '.join(foreign[:5])}"
+                            f"{', ...' if len(foreign) > 5 else ''}); choose another --out")
+
+
+def replace_tree(directory: str, files: Iterable) -> None:
+    """Make `directory` hold exactly `files` (RenderedFile), swapping a complete new tree in."""
+    check_replaceable(directory)
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.new-", dir=parent)
+    try:
+        for item in files:
+            target = os.path.join(staging, item.path)
+            with open(target, "w", encoding="utf-8") as handle:
+                handle.write(item.text)
+            os.chmod(target, item.mode)
+        os.chmod(staging, 0o755)
+        if os.path.isdir(directory):
+            old = staging.replace(".new-", ".old-")
+            os.rename(directory, old)
+            os.rename(staging, directory)
+            shutil.rmtree(old)
+        else:
+            os.rename(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

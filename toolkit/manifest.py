@@ -1,0 +1,607 @@
+"""Load the manifest (agents/*.yaml) into a Manifest, reporting every problem at once.
+
+Layout of the manifest directory:
+  fleet.yaml      name, hosts, defaults (agent settings), slices, profiles
+  <group>.yaml    group, host, defaults, agents: {Name: {settings}}
+
+An agent's setting comes from the agent itself, else its file's defaults:,
+else fleet.yaml's defaults:, else agentkit's built-in default. Each setting is
+declared once in AGENT_SETTINGS; the same table drives parsing, the unknown-key
+check and `agentkit show`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import values
+from .errors import ManifestError, Problem
+from .graph import find_cycles
+from .model import Agent, Host, Location, Manifest, Profile, Restart, Slice
+from .yamlsrc import Document, dotted, load as load_yaml
+
+FLEET_FILE = "fleet.yaml"
+UNIT_PREFIX = "agentkit-"
+
+_AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_SLICE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --- value parsers: each returns the parsed value or raises ValueError(message) ---
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {_show(value)}")
+    if _CONTROL.search(value):
+        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_show(value)}")
+    return value
+
+
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {_show(value)}")
+    return value
+
+
+def _optional(parser: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        return None if value is None else parser(value)
+    return parse
+
+
+def _choice(*choices: str, newer: dict[str, str] | None = None) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if newer and value in newer:
+            raise ValueError(f"{value!r} needs systemd {newer[value]}; agentkit targets systemd 252 (Debian 12)")
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {_show(value)}")
+        return value
+    return parse
+
+
+def _span(value: Any) -> int:
+    usec = values.parse_span(value)
+    if usec <= 0:
+        raise ValueError(f"a time span must be above zero, got {_show(value)}")
+    return usec
+
+
+def _memory(value: Any) -> int | str:
+    return values.parse_size(value, percent=True)
+
+
+def _gpu_memory(value: Any) -> int:
+    return values.parse_size(value)  # type: ignore[return-value]
+
+
+def _cpu_weight(value: Any) -> int:
+    if value == "idle":
+        raise ValueError("CPUWeight=idle needs systemd 253; agentkit targets systemd 252 (Debian 12)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10000:
+        raise ValueError(f"expected a CPU weight from 1 to 10000 (100 is the default share), got {_show(value)}")
+    return value
+
+
+def _burst(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of starts, at least 1, got {_show(value)}")
+    return value
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of agent names, got {_show(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a list of agent names, got {_show(item)} in it")
+    return tuple(value)
+
+
+def _argv(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected the command as a non-empty list of words (argv), got {_show(value)}")
+    words = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+            raise ValueError(f"every word of a command must be text, got {_show(item)}")
+        word = str(item)
+        if _CONTROL.search(word):
+            raise ValueError("a command word contains a control character (such as a newline)")
+        words.append(word)
+    program = words[0]
+    if "/" in program and not program.startswith("/"):
+        raise ValueError(f"the program must be an absolute path or a bare name found in --bin-dir, got {program!r}")
+    if not program or program[0] in "@-:+!|":
+        raise ValueError(f"the program {program!r} starts with a character systemd reads as a prefix")
+    return tuple(words)
+
+
+def _abs_path(value: Any) -> str:
+    text = _text(value)
+    if not text.startswith("/") or " " in text:
+        raise ValueError(f"expected an absolute path without spaces, got {_show(value)}")
+    return text
+
+
+def _abs_paths(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of absolute paths, got {_show(value)}")
+    return tuple(_abs_path(item) for item in value)
+
+
+def _user(value: Any) -> str:
+    if not isinstance(value, str) or not _USER_NAME.match(value):
+        raise ValueError(f"expected a user name (lower-case letters, digits, '_' and '-'), got {_show(value)}")
+    return value
+
+
+def _environment(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of NAME: value, got {_show(value)}")
+    out = {}
+    for name, item in value.items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid environment variable name")
+        if name.startswith("AGENTKIT_"):
+            raise ValueError(f"{name}: names starting with AGENTKIT_ are set by agentkit itself")
+        if isinstance(item, bool):
+            item = "true" if item else "false"
+        if item is None or not isinstance(item, (str, int, float)):
+            raise ValueError(f"{name}: expected text or a number, got {_show(item)} (write '' for empty)")
+        item = str(item)
+        if _CONTROL.search(item):
+            raise ValueError(f"{name}: contains a control character (such as a newline), which a unit file cannot hold")
+        out[name] = item
+    return out
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+# --- the settings, each declared once ---
+
+@dataclass(frozen=True)
+class Setting:
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+
+RESTART_SETTINGS: dict[str, Setting] = {
+    "policy": Setting(_choice("no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"),
+                      "on-failure", "systemd Restart=: when a stopped agent is started again"),
+    "delay": Setting(_span, 1_000_000, "RestartSec=: pause before a restart"),
+    "burst": Setting(_burst, 5, "StartLimitBurst=: starts allowed within the interval"),
+    "interval": Setting(_span, 30_000_000, "StartLimitIntervalSec=: the window the burst is counted in"),
+}
+
+AGENT_SETTINGS: dict[str, Setting] = {
+    "host": Setting(_text, None, "the host the agent runs on (a key of hosts:)"),
+    "essential": Setting(_bool, False, "true: started at boot; false: started on first connection"),
+    "group": Setting(_text, None, "a label for profiles and graphs (default: the file's group)"),
+    "description": Setting(_text, None, "one line for the unit's Description="),
+    "command": Setting(_argv, None, "argv; a bare program name is looked up in --bin-dir"),
+    "port": Setting(_port, None, "the agent port (ZeroMQ/TCP); optional agents' socket listens here"),
+    "health_port": Setting(_optional(_port), None, "HTTP health port; never socket-activated"),
+    "depends_on": Setting(_names, (), "agents that must be running first (Requires= and After=)"),
+    "activation": Setting(_choice("native", "proxy"), "native",
+                          "optional agents: native adopts the socket fd; proxy uses systemd-socket-proxyd"),
+    "private_port": Setting(_port, None, "proxy mode: where the agent listens on 127.0.0.1 (default port + private_port_offset)"),
+    "idle_stop": Setting(_span, 300_000_000, "optional agents: stop after this long without traffic"),
+    "service_type": Setting(_choice("simple", "exec", "notify", newer={"notify-reload": "253"}), "exec",
+                            "systemd Type=; notify when the agent sends READY=1"),
+    "start_timeout": Setting(_span, 30_000_000, "TimeoutStartSec=: how long a start may take"),
+    "watchdog": Setting(_optional(_span), None, "WatchdogSec=: the agent sends WATCHDOG=1 within this"),
+    "restart": Setting(dict, None, "restart policy and start limits: " + ", ".join(RESTART_SETTINGS)),
+    "memory_max": Setting(_memory, None, "MemoryMax=: e.g. 4G, 80%"),
+    "cpu_weight": Setting(_cpu_weight, None, "CPUWeight=: 1-10000"),
+    "gpu_memory": Setting(_gpu_memory, None, "GPU memory the agent needs, e.g. 6G (for the router and placement)"),
+    "slice": Setting(_text, None, "a key of slices: (default: essential or optional)"),
+    "environment": Setting(_environment, {}, "extra environment; merged over the host's and the defaults'"),
+    "user": Setting(_optional(_user), None, "run as this existing user instead of a DynamicUser="),
+    "working_directory": Setting(_optional(_abs_path), None, "WorkingDirectory="),
+    "writable_paths": Setting(_abs_paths, (), "ReadWritePaths=: paths the sandboxed agent may write"),
+    "sandbox": Setting(_bool, True, "the hardening directives (ProtectSystem=strict, ...); false turns them off"),
+}
+# Settings that only mean something for an on-demand agent.
+OPTIONAL_ONLY = ("activation", "private_port", "idle_stop")
+
+FLEET_KEYS = ("name", "hosts", "defaults", "slices", "profiles", "default_profile", "private_port_offset")
+HOST_KEYS = ("address", "environment", "ports")
+GROUP_KEYS = ("group", "host", "defaults", "agents")
+SLICE_KEYS = ("description", "memory_max", "cpu_weight")
+PROFILE_KEYS = ("all", "agents", "groups")
+BUILTIN_SLICES = ("essential", "optional")
+
+_INVALID = object()
+
+
+class _Checker:
+    """Collects problems while reading; never raises until the end."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, doc: Document, path: tuple, message: str) -> None:
+        self.problems.append(doc.problem(path, message))
+
+    def mapping(self, doc: Document, path: tuple, value: Any, what: str) -> dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.add(doc, path, f"expected {what} (a mapping), got {_show(value)}")
+            return {}
+        return value
+
+    def known_keys(self, doc: Document, path: tuple, data: dict, known) -> None:
+        for key in data:
+            if key not in known:
+                hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+                suffix = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(known)})"
+                self.add(doc, path + (key,), f"unknown key{suffix}")
+
+    def parse(self, doc: Document, path: tuple, value: Any, parser: Callable[[Any], Any]) -> Any:
+        try:
+            return parser(value)
+        except ValueError as exc:
+            self.add(doc, path, str(exc))
+            return _INVALID
+
+    def settings(self, doc: Document, path: tuple, data: dict) -> dict[str, tuple[Any, Document, tuple]]:
+        """Parse one layer of agent settings: {name: (value, doc, path)}; bad ones are reported and left out."""
+        self.known_keys(doc, path, data, AGENT_SETTINGS)
+        out: dict[str, tuple[Any, Document, tuple]] = {}
+        for key, raw in data.items():
+            setting = AGENT_SETTINGS.get(key)
+            if setting is None:
+                continue
+            where = path + (key,)
+            if key == "restart":
+                sub = self.mapping(doc, where, raw, "the restart settings")
+                self.known_keys(doc, where, sub, RESTART_SETTINGS)
+                for subkey, subraw in sub.items():
+                    if subkey in RESTART_SETTINGS:
+                        value = self.parse(doc, where + (subkey,), subraw, RESTART_SETTINGS[subkey].parse)
+                        if value is not _INVALID:
+                            out["restart." + subkey] = (value, doc, where + (subkey,))
+                continue
+            value = self.parse(doc, where, raw, setting.parse)
+            out[key] = (value, doc, where)
+        return out
+
+
+def _manifest_files(root: str) -> list[str]:
+    try:
+        names = sorted(n for n in os.listdir(root) if n.endswith((".yaml", ".yml")) and not n.startswith("."))
+    except FileNotFoundError:
+        raise ManifestError([Problem(root, 0, "", "no such manifest directory")]) from None
+    except NotADirectoryError:
+        raise ManifestError([Problem(root, 0, "", "not a directory (the manifest is a directory of YAML files)")]) from None
+    return names
+
+
+def load(root: str = "agents") -> Manifest:
+    """Read and check the manifest under `root`; raise ManifestError listing every problem."""
+    check = _Checker()
+    docs: dict[str, Document] = {}
+    for name in _manifest_files(root):
+        path = os.path.join(root, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            check.problems.append(Problem(path, 0, "", f"cannot read: {exc}"))
+            continue
+        doc, problems = load_yaml(text, path)
+        check.problems.extend(problems)
+        docs[name] = doc
+    fleet_doc = docs.pop(FLEET_FILE, None)
+    if fleet_doc is None:
+        check.problems.append(Problem(os.path.join(root, FLEET_FILE), 0, "",
+                                      "missing: the fleet file declares the hosts, defaults and profiles"))
+        raise ManifestError(check.problems)
+
+    fleet = check.mapping(fleet_doc, (), fleet_doc.data, "the fleet settings")
+    check.known_keys(fleet_doc, (), fleet, FLEET_KEYS)
+    name = fleet.get("name", "agentkit")
+    if check.parse(fleet_doc, ("name",), name, _text) is _INVALID:
+        name = "agentkit"
+    offset = fleet.get("private_port_offset", 20000)
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 1 <= offset <= 65535:
+        check.add(fleet_doc, ("private_port_offset",), f"expected a whole number from 1 to 65535, got {_show(offset)}")
+        offset = 20000
+
+    hosts = _read_hosts(check, fleet_doc, fleet)
+    slices = _read_slices(check, fleet_doc, fleet)
+    fleet_defaults = check.settings(fleet_doc, ("defaults",),
+                                    check.mapping(fleet_doc, ("defaults",), fleet.get("defaults"), "agent defaults"))
+    agents = _read_agents(check, docs, fleet_defaults, hosts, slices, offset)
+    profiles = _read_profiles(check, fleet_doc, fleet, agents)
+    default_profile = fleet.get("default_profile", "full" if "full" in profiles else None)
+    if default_profile is not None and default_profile not in profiles:
+        check.add(fleet_doc, ("default_profile",), f"unknown profile {default_profile!r} (profiles: {', '.join(profiles) or 'none'})")
+    if not profiles:
+        profiles["full"] = Profile("full", True, frozenset())
+        default_profile = "full"
+
+    _check_fleet(check, agents, hosts, docs, fleet_doc)
+    if check.problems:
+        raise ManifestError(check.problems)
+    return Manifest(root=root, name=name, hosts=hosts, agents=agents, slices=slices,
+                    profiles=profiles, default_profile=default_profile or "full")
+
+
+def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
+    hosts: dict[str, Host] = {}
+    raw_hosts = check.mapping(doc, ("hosts",), fleet.get("hosts"), "the hosts")
+    if not raw_hosts:
+        check.add(doc, ("hosts",), "declare at least one host, e.g. hosts: {myhost: {address: 127.0.0.1}}")
+    for host_name, raw in raw_hosts.items():
+        path = ("hosts", host_name)
+        if not _HOST_NAME.match(host_name):
+            check.add(doc, path, "a host name is letters, digits, '.', '_' and '-' (at most 63)")
+        data = check.mapping(doc, path, raw, "the host's settings")
+        check.known_keys(doc, path, data, HOST_KEYS)
+        address = data.get("address", host_name)
+        if check.parse(doc, path + ("address",), address, _text) is _INVALID:
+            address = host_name
+        env = check.parse(doc, path + ("environment",), data.get("environment", {}), _environment)
+        ports = check.mapping(doc, path + ("ports",), data.get("ports"), "the fleet services' ports")
+        fleet_ports = []
+        for service, port in ports.items():
+            if check.parse(doc, path + ("ports", service), port, _port) is not _INVALID:
+                fleet_ports.append((service, port))
+        hosts[host_name] = Host(host_name, address, tuple((env if env is not _INVALID else {}).items()),
+                                tuple(fleet_ports), Location(doc.file, doc.line(path)))
+    return hosts
+
+
+def _read_slices(check: _Checker, doc: Document, fleet: dict) -> dict[str, Slice]:
+    raw_slices = check.mapping(doc, ("slices",), fleet.get("slices"), "the slices")
+    slices = {name: Slice(name, f"agentkit {name} agents", None, None) for name in BUILTIN_SLICES}
+    for slice_name, raw in raw_slices.items():
+        path = ("slices", slice_name)
+        if not _SLICE_NAME.match(slice_name):
+            check.add(doc, path, "a slice name is letters, digits and '_' ('-' would nest it in another slice)")
+        data = check.mapping(doc, path, raw, "the slice's settings")
+        check.known_keys(doc, path, data, SLICE_KEYS)
+        description = data.get("description", f"agentkit {slice_name} agents")
+        if check.parse(doc, path + ("description",), description, _text) is _INVALID:
+            description = slice_name
+        memory = check.parse(doc, path + ("memory_max",), data.get("memory_max"), _optional(_memory))
+        weight = check.parse(doc, path + ("cpu_weight",), data.get("cpu_weight"), _optional(_cpu_weight))
+        slices[slice_name] = Slice(slice_name, description,
+                                   None if memory is _INVALID else memory, None if weight is _INVALID else weight)
+    return slices
+
+
+def _read_agents(check: _Checker, docs: dict[str, Document], fleet_defaults: dict,
+                 hosts: dict[str, Host], slices: dict[str, Slice], offset: int) -> dict[str, Agent]:
+    agents: dict[str, Agent] = {}
+    for file_name, doc in docs.items():
+        data = check.mapping(doc, (), doc.data, "a group of agents")
+        check.known_keys(doc, (), data, GROUP_KEYS)
+        group = data.get("group", os.path.splitext(file_name)[0])
+        if check.parse(doc, ("group",), group, _text) is _INVALID or not _LABEL.match(group):
+            check.add(doc, ("group",), f"a group name is letters, digits, '.', '_' and '-', got {_show(group)}")
+        layer0 = dict(fleet_defaults)
+        if "host" in data:
+            if check.parse(doc, ("host",), data["host"], _text) is not _INVALID:
+                layer0["host"] = (data["host"], doc, ("host",))
+        file_defaults = check.settings(doc, ("defaults",), check.mapping(doc, ("defaults",), data.get("defaults"), "agent defaults"))
+        base = {**layer0, **file_defaults}
+        raw_agents = check.mapping(doc, ("agents",), data.get("agents"), "the agents, by name")
+        for agent_name, raw in raw_agents.items():
+            path = ("agents", agent_name)
+            if agent_name in agents:
+                first = agents[agent_name].where
+                check.add(doc, path, f"duplicate agent name, first defined at {first}")
+                continue
+            own = check.settings(doc, path, check.mapping(doc, path, raw, "the agent's settings"))
+            agent = _build_agent(check, doc, path, agent_name, group, base, own, hosts, slices, offset)
+            if agent is not None:
+                agents[agent_name] = agent
+    return agents
+
+
+def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: str, base: dict, own: dict,
+                 hosts: dict[str, Host], slices: dict[str, Slice], offset: int) -> Agent | None:
+    merged = {**base, **own}
+    ok = True
+    if not _AGENT_NAME.match(name):
+        check.add(doc, path, "an agent name becomes a unit name: letters, digits, '_', '.' and '-', at most 200")
+        ok = False
+
+    def get(key: str) -> Any:
+        entry = merged.get(key)
+        if entry is None:
+            return RESTART_SETTINGS[key[8:]].default if key.startswith("restart.") else AGENT_SETTINGS[key].default
+        return entry[0]
+
+    for key in ("host", "command", "port"):
+        if key not in merged:
+            check.add(doc, path, f"missing {key}: {AGENT_SETTINGS[key].help}")
+            ok = False
+        elif merged[key][0] is _INVALID:
+            ok = False
+    if any(entry[0] is _INVALID for entry in merged.values()):
+        ok = False
+    host = get("host")
+    if ok and host not in hosts:
+        check.add(merged["host"][1], merged["host"][2],
+                  f"unknown host {host!r} (hosts: {', '.join(hosts) or 'none'})")
+        ok = False
+    essential = get("essential")
+    if essential:
+        for key in OPTIONAL_ONLY:
+            if key in own:
+                check.add(doc, own[key][2], f"only optional agents have {key} (this agent is essential)")
+    slice_name = get("slice") or ("essential" if essential else "optional")
+    if "slice" in merged and slice_name not in slices:
+        check.add(merged["slice"][1], merged["slice"][2], f"unknown slice {slice_name!r} (slices: {', '.join(slices)})")
+        ok = False
+    if not ok:
+        return None
+
+    port = get("port")
+    activation = "none" if essential else get("activation")
+    private_port = None
+    if activation == "proxy":
+        private_port = get("private_port")
+        if private_port is None:
+            private_port = port + offset
+            if private_port > 65535:
+                check.add(doc, path + ("port",), f"proxy mode needs a private port: {port} + private_port_offset "
+                          f"{offset} is above 65535; set private_port")
+        if get("service_type") != "notify":
+            where = merged.get("activation", (None, doc, path))
+            check.add(where[1], where[2], "proxy activation needs service_type: notify (the proxy would "
+                      "connect before the agent listens and clients would get an empty reply)")
+    restart = Restart(get("restart.policy"), get("restart.delay"), get("restart.burst"), get("restart.interval"))
+    env = dict(hosts[host].environment)
+    for layer in (base, own):
+        if "environment" in layer:
+            env.update(layer["environment"][0])
+    return Agent(
+        name=name, host=host, group=get("group") or group, essential=essential,
+        description=get("description") or f"agentkit agent {name}",
+        command=get("command"), port=port, health_port=get("health_port"),
+        depends_on=get("depends_on"), activation=activation, private_port=private_port,
+        idle_stop_us=get("idle_stop"), service_type=get("service_type"), start_timeout_us=get("start_timeout"),
+        watchdog_us=get("watchdog"), restart=restart, memory_max=get("memory_max"), cpu_weight=get("cpu_weight"),
+        gpu_memory=get("gpu_memory"), slice=slice_name, environment=tuple(env.items()), user=get("user"),
+        working_directory=get("working_directory"), writable_paths=get("writable_paths"),
+        sandbox=get("sandbox"), where=Location(doc.file, doc.line(path)),
+    )
+
+
+def _read_profiles(check: _Checker, doc: Document, fleet: dict, agents: dict[str, Agent]) -> dict[str, Profile]:
+    profiles: dict[str, Profile] = {}
+    groups: dict[str, list[str]] = {}
+    for agent in agents.values():
+        groups.setdefault(agent.group, []).append(agent.name)
+    for profile_name, raw in check.mapping(doc, ("profiles",), fleet.get("profiles"), "the profiles").items():
+        path = ("profiles", profile_name)
+        if not _LABEL.match(profile_name):
+            check.add(doc, path, "a profile name is letters, digits, '.', '_' and '-'")
+        data = check.mapping(doc, path, raw, "the profile (all:, agents:, groups:)")
+        check.known_keys(doc, path, data, PROFILE_KEYS)
+        everything = check.parse(doc, path + ("all",), data.get("all", False), _bool)
+        chosen: set[str] = set()
+        raw_agents = check.parse(doc, path + ("agents",), data.get("agents", []), _names)
+        for index, agent_name in enumerate(raw_agents if raw_agents is not _INVALID else ()):
+            where = path + ("agents", index)
+            if agent_name not in agents:
+                check.add(doc, where, f"unknown agent {agent_name!r}{_suggest(agent_name, agents)}")
+            elif agents[agent_name].essential:
+                check.add(doc, where, f"{agent_name} is essential: every profile has it")
+            else:
+                chosen.add(agent_name)
+        raw_groups = check.parse(doc, path + ("groups",), data.get("groups", []), _names)
+        for index, group in enumerate(raw_groups if raw_groups is not _INVALID else ()):
+            if group not in groups:
+                check.add(doc, path + ("groups", index), f"unknown group {group!r}{_suggest(group, groups)}")
+            else:
+                chosen.update(n for n in groups[group] if agents[n].optional)
+        profiles[profile_name] = Profile(profile_name, everything is True, frozenset(chosen))
+    return profiles
+
+
+def _suggest(name: str, known) -> str:
+    hint = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _check_fleet(check: _Checker, agents: dict[str, Agent], hosts: dict[str, Host],
+                 docs: dict[str, Document], fleet_doc: Document) -> None:
+    """Checks across agents: ports, dependencies, cycles, unit names, start limits."""
+    by_file = {doc.file: doc for doc in docs.values()}
+
+    def where(agent: Agent, *sub) -> tuple[Document, tuple]:
+        return by_file[agent.where.file], ("agents", agent.name) + sub
+
+    # Ports: one owner per (host, port), across agent, health, private and fleet ports.
+    owners: dict[tuple[str, int], str] = {}
+    for host in hosts.values():
+        for service, port in host.ports:
+            owners[(host.name, port)] = f"the fleet service {service} (hosts.{host.name}.ports.{service})"
+    for agent in agents.values():
+        for key, port in (("port", agent.port), ("health_port", agent.health_port), ("private_port", agent.private_port)):
+            if port is None:
+                continue
+            label = f"{agent.name}.{key}"
+            other = owners.setdefault((agent.host, port), label)
+            if other != label:
+                doc, path = where(agent, key)
+                check.add(doc, path, f"{port} is also used on {agent.host} by {other}")
+
+    # Unit names must be unique once the proxy units are added.
+    units: dict[str, str] = {}
+    for agent in agents.values():
+        names = [UNIT_PREFIX + agent.name]
+        if agent.activation == "proxy":
+            names.append(UNIT_PREFIX + agent.name + "-proxy")
+        for unit in names:
+            other = units.setdefault(unit.lower(), agent.name)
+            if other != agent.name:
+                doc, path = where(agent)
+                check.add(doc, path, f"its unit name {unit} clashes with a unit of agent {other}")
+
+    # Dependencies.
+    for agent in agents.values():
+        seen = set()
+        for index, dep in enumerate(agent.depends_on):
+            doc, path = where(agent, "depends_on", index)
+            if dep in seen:
+                check.add(doc, path, f"{dep} is listed twice")
+            seen.add(dep)
+            if dep == agent.name:
+                check.add(doc, path, "an agent cannot depend on itself")
+            elif dep not in agents:
+                check.add(doc, path, f"unknown agent {dep!r}{_suggest(dep, agents)}")
+            elif agent.essential and agents[dep].optional:
+                check.add(doc, path, f"essential agent {agent.name} depends on optional agent {dep}: an essential "
+                          "agent starts at boot and cannot wait for an on-demand one (make "
+                          f"{dep} essential, or {agent.name} optional)")
+    graph = {a.name: [d for d in a.depends_on if d in agents and d != a.name] for a in agents.values()}
+    for cycle in find_cycles(graph):
+        doc, path = where(agents[cycle[0]], "depends_on")
+        check.add(doc, path, "dependency cycle: " + " -> ".join(cycle + [cycle[0]]))
+
+    # Start limits: idle wake-ups must never hit them, a crash loop must.
+    for agent in agents.values():
+        restart = agent.restart
+        doc, path = where(agent, "restart")
+        if restart.policy != "no" and restart.burst * restart.delay_us >= restart.interval_us:
+            check.add(doc, path, f"a crash loop restarting every {values.format_span(restart.delay_us)} never "
+                      f"reaches burst {restart.burst} within interval {values.format_span(restart.interval_us)}: "
+                      "systemd would restart it forever (lower delay or burst, or raise interval)")
+        if agent.optional:
+            wakeups = restart.interval_us // agent.idle_stop_us + 1
+            if wakeups >= restart.burst:
+                check.add(doc, path, f"{wakeups} wake-ups after idle stops of "
+                          f"{values.format_span(agent.idle_stop_us)} fit in interval "
+                          f"{values.format_span(restart.interval_us)}, reaching burst {restart.burst}: "
+                          "on-demand starts would hit the start limit (raise burst or idle_stop)")

@@ -1,0 +1,100 @@
+"""The manifest as frozen dataclasses: what the user asked for, resolved and checked.
+
+Everything here is plain data. Loading and validation live in manifest.py,
+dependency reasoning in graph.py, rendering in render.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Location:
+    file: str
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass(frozen=True)
+class Restart:
+    policy: str  # systemd Restart=: no, on-failure, always, ...
+    delay_us: int  # RestartSec=
+    burst: int  # StartLimitBurst=
+    interval_us: int  # StartLimitIntervalSec=
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str
+    host: str
+    group: str
+    essential: bool
+    description: str
+    command: tuple[str, ...]
+    port: int
+    health_port: int | None
+    depends_on: tuple[str, ...]
+    activation: str  # "none" for essential agents, else "native" or "proxy"
+    private_port: int | None  # where the agent listens behind the proxy (proxy mode)
+    idle_stop_us: int
+    service_type: str  # simple, exec or notify
+    start_timeout_us: int
+    watchdog_us: int | None
+    restart: Restart
+    memory_max: int | str | None
+    cpu_weight: int | None
+    gpu_memory: int | None
+    slice: str
+    environment: tuple[tuple[str, str], ...]
+    user: str | None
+    working_directory: str | None
+    writable_paths: tuple[str, ...]
+    sandbox: bool
+    where: Location = field(compare=False)
+
+    @property
+    def optional(self) -> bool:
+        return not self.essential
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    environment: tuple[tuple[str, str], ...]
+    ports: tuple[tuple[str, int], ...]  # fleet services' ports on this host (not agents)
+    where: Location = field(compare=False)
+
+
+@dataclass(frozen=True)
+class Slice:
+    name: str
+    description: str
+    memory_max: int | str | None
+    cpu_weight: int | None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    all: bool
+    agents: frozenset[str]  # the optional agents it names, directly or by group
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Read-only by convention: the dicts keep manifest order."""
+
+    root: str
+    name: str
+    hosts: dict[str, Host]
+    agents: dict[str, Agent]
+    slices: dict[str, Slice]
+    profiles: dict[str, Profile]
+    default_profile: str
+
+    def on_host(self, host: str) -> list[Agent]:
+        return [a for a in self.agents.values() if a.host == host]
