@@ -598,6 +598,9 @@ def _check_fleet(check: _Checker, agents: dict[str, Agent], hosts: dict[str, Hos
             check.add(doc, path, f"a crash loop restarting every {values.format_span(restart.delay_us)} never "
                       f"reaches burst {restart.burst} within interval {values.format_span(restart.interval_us)}: "
                       "systemd would restart it forever (lower delay or burst, or raise interval)")
+        if agent.activation == "native" and restart.policy in ("always", "on-success"):
+            check.add(doc, path, f"restart policy {restart.policy} would start the agent again as soon as it "
+                      "exits when idle, so it would never be dormant (use on-failure)")
         if agent.optional:
             wakeups = restart.interval_us // agent.idle_stop_us + 1
             if wakeups >= restart.burst:
