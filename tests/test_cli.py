@@ -130,3 +130,20 @@ def test_graph_formats():
     assert '"UnifiedWebAgent" -> "FileSystemAssistantAgent";' in dot.stdout
     mermaid = run("graph", "--format", "mermaid", "--profile", "core")
     assert mermaid.stdout.startswith("flowchart LR") and "VisionProcessingAgent" not in mermaid.stdout
+
+
+def test_validate_lists_dependencies_across_hosts():
+    result = run("validate", manifest=REPO / "tests" / "data" / "features")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1:] == [
+        "dependencies across hosts (rendered as addresses in AGENTKIT_DEPENDS, not unit dependencies):",
+        "  Remote (beta) -> Native (alpha, 10.0.0.1:5002)",
+    ]
+
+
+def test_readme_documents_every_agent_setting():
+    from agentkit.manifest import AGENT_SETTINGS
+
+    readme = (REPO / "README.md").read_text()
+    missing = [name for name in AGENT_SETTINGS if f"`{name}`" not in readme]
+    assert missing == []
