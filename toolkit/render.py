@@ -49,6 +49,7 @@ def _environment(dirs: tuple[str, ...]) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
+        auto_reload=False,  # one plan() renders thousands of files: don't stat the templates for each
     )
     env.filters.update(sd_text=escape.systemd_text, sd_exec=escape.systemd_exec, span=values.format_span,
                        size=values.format_size)

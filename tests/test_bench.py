@@ -1,0 +1,18 @@
+"""The benchmark still runs (a functional smoke test; its figures are never asserted)."""
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_render_benchmark_runs_on_a_small_generated_fleet():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "render.py"), "--sizes", "300", "--repeat", "1",
+                             "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)["results"]
+    assert [r["fleet"] for r in results] == ["reference", "generated-300"]
+    assert [r["agents"] for r in results] == [77, 300]
+    assert results[0]["files"] == 138  # 77 services, 53 sockets, 2 targets, 6 slices
+    assert all(r["total_s"]["median"] > 0 for r in results)
