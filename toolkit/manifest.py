@@ -12,7 +12,10 @@ check and `agentkit show`.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import difflib
+import gc
 import os
 import re
 from dataclasses import dataclass
@@ -22,9 +25,10 @@ from . import values
 from .errors import ManifestError, Problem
 from .graph import find_cycles
 from .model import Agent, Host, Location, Manifest, Profile, Restart, Slice
-from .yamlsrc import Document, dotted, load as load_yaml
+from .yamlsrc import INVALID, Document, dotted, load as load_yaml
 
 FLEET_FILE = "fleet.yaml"
+FLEET_FILES = (FLEET_FILE, "fleet.yml")
 UNIT_PREFIX = "agentkit-"
 
 _AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
@@ -37,6 +41,26 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # --- value parsers: each returns the parsed value or raises ValueError(message) ---
+
+class _Many(ValueError):
+    """Several problems inside one value, each at its own sub-path (an item, a variable)."""
+
+    def __init__(self, problems: list[tuple[tuple, str]]):
+        super().__init__(problems[0][1])
+        self.problems = problems
+
+
+def _each(items, parse_item) -> list:
+    """Parse every item; report all bad ones at their own index or key."""
+    out, problems = [], []
+    for key, item in items:
+        try:
+            out.append(parse_item(key, item))
+        except ValueError as exc:
+            problems.append(((key,), str(exc)))
+    if problems:
+        raise _Many(problems)
+    return out
 
 def _text(value: Any) -> str:
     if not isinstance(value, str):
@@ -112,17 +136,20 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _word(_: int, item: Any) -> str:
+    if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+        raise ValueError(f"every word of a command must be text, got {_show(item)}")
+    if _CONTROL.search(str(item)):
+        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    return str(item)
+
+
 def _argv(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"expected the command as a non-empty list of words (argv), got {_show(value)}")
-    words = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, (str, int, float)):
-            raise ValueError(f"every word of a command must be text, got {_show(item)}")
-        word = str(item)
-        if _CONTROL.search(word):
-            raise ValueError("a command word contains a control character (such as a newline)")
-        words.append(word)
+    if not isinstance(value, list):
+        raise ValueError(f"expected the command as a list of words (argv), got {_show(value)}")
+    if not value:
+        raise ValueError("the command is empty: give at least the program")
+    words = _each(enumerate(value), _word)
     program = words[0]
     if "/" in program and not program.startswith("/"):
         raise ValueError(f"the program must be an absolute path or a bare name found in --bin-dir, got {program!r}")
@@ -141,7 +168,7 @@ def _abs_path(value: Any) -> str:
 def _abs_paths(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of absolute paths, got {_show(value)}")
-    return tuple(_abs_path(item) for item in value)
+    return tuple(_each(enumerate(value), lambda _, item: _abs_path(item)))
 
 
 def _user(value: Any) -> str:
@@ -150,24 +177,26 @@ def _user(value: Any) -> str:
     return value
 
 
+def _variable(name: str, item: Any) -> tuple[str, str]:
+    if not _ENV_NAME.match(name):
+        raise ValueError("not a valid environment variable name (letters, digits and '_', not first a digit)")
+    if name.startswith("AGENTKIT_"):
+        raise ValueError("names starting with AGENTKIT_ are set by agentkit itself")
+    if isinstance(item, bool):
+        item = "true" if item else "false"
+    if item is None or not isinstance(item, (str, int, float)):
+        raise ValueError(f"expected text or a number, got {_show(item)} (write '' for empty)")
+    item = str(item)
+    if _CONTROL.search(item):
+        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    return name, item
+
+
 def _environment(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping of NAME: value, got {_show(value)}")
-    out = {}
-    for name, item in value.items():
-        if not _ENV_NAME.match(name):
-            raise ValueError(f"{name!r} is not a valid environment variable name")
-        if name.startswith("AGENTKIT_"):
-            raise ValueError(f"{name}: names starting with AGENTKIT_ are set by agentkit itself")
-        if isinstance(item, bool):
-            item = "true" if item else "false"
-        if item is None or not isinstance(item, (str, int, float)):
-            raise ValueError(f"{name}: expected text or a number, got {_show(item)} (write '' for empty)")
-        item = str(item)
-        if _CONTROL.search(item):
-            raise ValueError(f"{name}: contains a control character (such as a newline), which a unit file cannot hold")
-        out[name] = item
-    return out
+    return dict(_each(((name, (name, item)) for name, item in value.items()),
+                      lambda _, pair: _variable(*pair)))
 
 
 def _show(value: Any) -> str:
@@ -177,6 +206,8 @@ def _show(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return f"a date ({value}; quote it to keep it as text)"
     return repr(value)
 
 
@@ -235,7 +266,7 @@ SLICE_KEYS = ("description", "memory_max", "cpu_weight")
 PROFILE_KEYS = ("all", "agents", "groups")
 BUILTIN_SLICES = ("essential", "optional")
 
-_INVALID = object()
+_INVALID = INVALID
 
 
 class _Checker:
@@ -248,7 +279,7 @@ class _Checker:
         self.problems.append(doc.problem(path, message))
 
     def mapping(self, doc: Document, path: tuple, value: Any, what: str) -> dict:
-        if value is None:
+        if value is None or value is INVALID:
             return {}
         if not isinstance(value, dict):
             self.add(doc, path, f"expected {what} (a mapping), got {_show(value)}")
@@ -263,11 +294,16 @@ class _Checker:
                 self.add(doc, path + (key,), f"unknown key{suffix}")
 
     def parse(self, doc: Document, path: tuple, value: Any, parser: Callable[[Any], Any]) -> Any:
+        if value is INVALID:  # the YAML layer reported it already
+            return INVALID
         try:
             return parser(value)
+        except _Many as exc:
+            for sub, message in exc.problems:
+                self.add(doc, path + sub, message)
         except ValueError as exc:
             self.add(doc, path, str(exc))
-            return _INVALID
+        return INVALID
 
     def settings(self, doc: Document, path: tuple, data: dict) -> dict[str, tuple[Any, Document, tuple]]:
         """Parse one layer of agent settings: {name: (value, doc, path)}; bad ones are reported and left out."""
@@ -304,6 +340,25 @@ def _manifest_files(root: str) -> list[str]:
 
 def load(root: str = "agents") -> Manifest:
     """Read and check the manifest under `root`; raise ManifestError listing every problem."""
+    # Loading allocates many long-lived, acyclic objects (a line number per YAML
+    # node, the settings, the agents): the cyclic collector's full passes over them
+    # made a 10k-agent load grow worse than linearly (bench/render.py).
+    with _collector_paused():
+        return _load(root)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load(root: str) -> Manifest:
     check = _Checker()
     docs: dict[str, Document] = {}
     for name in _manifest_files(root):
@@ -317,7 +372,10 @@ def load(root: str = "agents") -> Manifest:
         doc, problems = load_yaml(text, path)
         check.problems.extend(problems)
         docs[name] = doc
-    fleet_doc = docs.pop(FLEET_FILE, None)
+    fleet_docs = [docs.pop(name) for name in FLEET_FILES if name in docs]
+    if len(fleet_docs) > 1:
+        check.problems.append(Problem(fleet_docs[1].file, 0, "", f"two fleet files: keep {FLEET_FILE} only"))
+    fleet_doc = fleet_docs[0] if fleet_docs else None
     if fleet_doc is None:
         check.problems.append(Problem(os.path.join(root, FLEET_FILE), 0, "",
                                       "missing: the fleet file declares the hosts, defaults and profiles"))
@@ -337,20 +395,21 @@ def load(root: str = "agents") -> Manifest:
     slices = _read_slices(check, fleet_doc, fleet)
     fleet_defaults = check.settings(fleet_doc, ("defaults",),
                                     check.mapping(fleet_doc, ("defaults",), fleet.get("defaults"), "agent defaults"))
-    agents = _read_agents(check, docs, fleet_defaults, hosts, slices, offset)
-    profiles = _read_profiles(check, fleet_doc, fleet, agents)
-    default_profile = fleet.get("default_profile", "full" if "full" in profiles else None)
-    if default_profile is not None and default_profile not in profiles:
-        check.add(fleet_doc, ("default_profile",), f"unknown profile {default_profile!r} (profiles: {', '.join(profiles) or 'none'})")
+    agents, declared = _read_agents(check, docs, fleet_defaults, hosts, slices, offset)
+    profiles = _read_profiles(check, fleet_doc, fleet, agents, declared)
     if not profiles:
         profiles["full"] = Profile("full", True, frozenset())
-        default_profile = "full"
+    default_profile = check.parse(fleet_doc, ("default_profile",),
+                                  fleet.get("default_profile", "full" if "full" in profiles else next(iter(profiles))),
+                                  _text)
+    if default_profile is not INVALID and default_profile not in profiles:
+        check.add(fleet_doc, ("default_profile",), f"unknown profile {default_profile!r} (profiles: {', '.join(profiles)})")
 
-    _check_fleet(check, agents, hosts, docs, fleet_doc)
+    _check_fleet(check, agents, declared, hosts, docs)
     if check.problems:
         raise ManifestError(check.problems)
     return Manifest(root=root, name=name, hosts=hosts, agents=agents, slices=slices,
-                    profiles=profiles, default_profile=default_profile or "full")
+                    profiles=profiles, default_profile=default_profile)
 
 
 def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
@@ -369,12 +428,18 @@ def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
             address = host_name
         env = check.parse(doc, path + ("environment",), data.get("environment", {}), _environment)
         ports = check.mapping(doc, path + ("ports",), data.get("ports"), "the fleet services' ports")
-        fleet_ports = []
+        fleet_ports: dict[int, str] = {}
         for service, port in ports.items():
-            if check.parse(doc, path + ("ports", service), port, _port) is not _INVALID:
-                fleet_ports.append((service, port))
+            if check.parse(doc, path + ("ports", service), port, _port) is INVALID:
+                continue
+            if port in fleet_ports:
+                check.add(doc, path + ("ports", service), f"{port} is also used on {host_name} by the fleet "
+                          f"service {fleet_ports[port]} (hosts.{host_name}.ports.{fleet_ports[port]})")
+                continue
+            fleet_ports[port] = service
         hosts[host_name] = Host(host_name, address, tuple((env if env is not _INVALID else {}).items()),
-                                tuple(fleet_ports), Location(doc.file, doc.line(path)))
+                                tuple((service, port) for port, service in fleet_ports.items()),
+                                Location(doc.file, doc.line(path)))
     return hosts
 
 
@@ -398,13 +463,19 @@ def _read_slices(check: _Checker, doc: Document, fleet: dict) -> dict[str, Slice
 
 
 def _read_agents(check: _Checker, docs: dict[str, Document], fleet_defaults: dict,
-                 hosts: dict[str, Host], slices: dict[str, Slice], offset: int) -> dict[str, Agent]:
+                 hosts: dict[str, Host], slices: dict[str, Slice], offset: int
+                 ) -> tuple[dict[str, Agent], dict[str, Location]]:
+    """The agents that are fine, and where every agent was declared (fine or not)."""
     agents: dict[str, Agent] = {}
+    declared: dict[str, Location] = {}
     for file_name, doc in docs.items():
         data = check.mapping(doc, (), doc.data, "a group of agents")
         check.known_keys(doc, (), data, GROUP_KEYS)
         group = data.get("group", os.path.splitext(file_name)[0])
-        if check.parse(doc, ("group",), group, _text) is _INVALID or not _LABEL.match(group):
+        if "group" not in data and not _LABEL.match(group):
+            check.add(doc, (), f"the file name {group!r} is not a group name (letters, digits, '.', '_' "
+                      "and '-'): rename the file or set group:")
+        elif check.parse(doc, ("group",), group, _text) is not INVALID and not _LABEL.match(group):
             check.add(doc, ("group",), f"a group name is letters, digits, '.', '_' and '-', got {_show(group)}")
         layer0 = dict(fleet_defaults)
         if "host" in data:
@@ -415,15 +486,15 @@ def _read_agents(check: _Checker, docs: dict[str, Document], fleet_defaults: dic
         raw_agents = check.mapping(doc, ("agents",), data.get("agents"), "the agents, by name")
         for agent_name, raw in raw_agents.items():
             path = ("agents", agent_name)
-            if agent_name in agents:
-                first = agents[agent_name].where
-                check.add(doc, path, f"duplicate agent name, first defined at {first}")
+            if agent_name in declared:
+                check.add(doc, path, f"duplicate agent name, first defined at {declared[agent_name]}")
                 continue
+            declared[agent_name] = Location(doc.file, doc.line(path))
             own = check.settings(doc, path, check.mapping(doc, path, raw, "the agent's settings"))
             agent = _build_agent(check, doc, path, agent_name, group, base, own, hosts, slices, offset)
             if agent is not None:
                 agents[agent_name] = agent
-    return agents
+    return agents, declared
 
 
 def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: str, base: dict, own: dict,
@@ -436,7 +507,7 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
 
     def get(key: str) -> Any:
         entry = merged.get(key)
-        if entry is None:
+        if entry is None or entry[0] is INVALID:  # reported already; the default avoids follow-on problems
             return RESTART_SETTINGS[key[8:]].default if key.startswith("restart.") else AGENT_SETTINGS[key].default
         return entry[0]
 
@@ -458,8 +529,10 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
         for key in OPTIONAL_ONLY:
             if key in own:
                 check.add(doc, own[key][2], f"only optional agents have {key} (this agent is essential)")
+    elif "private_port" in own and get("activation") != "proxy":
+        check.add(doc, own["private_port"][2], "private_port is only for activation: proxy")
     slice_name = get("slice") or ("essential" if essential else "optional")
-    if "slice" in merged and slice_name not in slices:
+    if get("slice") is not None and slice_name not in slices:
         check.add(merged["slice"][1], merged["slice"][2], f"unknown slice {slice_name!r} (slices: {', '.join(slices)})")
         ok = False
     if not ok:
@@ -476,8 +549,7 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
                 check.add(doc, path + ("port",), f"proxy mode needs a private port: {port} + private_port_offset "
                           f"{offset} is above 65535; set private_port")
         if get("service_type") != "notify":
-            where = merged.get("activation", (None, doc, path))
-            check.add(where[1], where[2], "proxy activation needs service_type: notify (the proxy would "
+            check.add(doc, path + ("activation",), "proxy activation needs service_type: notify (the proxy would "
                       "connect before the agent listens and clients would get an empty reply)")
     restart = Restart(get("restart.policy"), get("restart.delay"), get("restart.burst"), get("restart.interval"))
     env = dict(hosts[host].environment)
@@ -497,7 +569,8 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     )
 
 
-def _read_profiles(check: _Checker, doc: Document, fleet: dict, agents: dict[str, Agent]) -> dict[str, Profile]:
+def _read_profiles(check: _Checker, doc: Document, fleet: dict, agents: dict[str, Agent],
+                   declared: dict[str, Location]) -> dict[str, Profile]:
     profiles: dict[str, Profile] = {}
     groups: dict[str, list[str]] = {}
     for agent in agents.values():
@@ -513,8 +586,10 @@ def _read_profiles(check: _Checker, doc: Document, fleet: dict, agents: dict[str
         raw_agents = check.parse(doc, path + ("agents",), data.get("agents", []), _names)
         for index, agent_name in enumerate(raw_agents if raw_agents is not _INVALID else ()):
             where = path + ("agents", index)
-            if agent_name not in agents:
-                check.add(doc, where, f"unknown agent {agent_name!r}{_suggest(agent_name, agents)}")
+            if agent_name not in declared:
+                check.add(doc, where, f"unknown agent {agent_name!r}{_suggest(agent_name, declared)}")
+            elif agent_name not in agents:
+                continue  # declared, with problems of its own
             elif agents[agent_name].essential:
                 check.add(doc, where, f"{agent_name} is essential: every profile has it")
             else:
@@ -534,8 +609,8 @@ def _suggest(name: str, known) -> str:
     return f" (did you mean {hint[0]!r}?)" if hint else ""
 
 
-def _check_fleet(check: _Checker, agents: dict[str, Agent], hosts: dict[str, Host],
-                 docs: dict[str, Document], fleet_doc: Document) -> None:
+def _check_fleet(check: _Checker, agents: dict[str, Agent], declared: dict[str, Location],
+                 hosts: dict[str, Host], docs: dict[str, Document]) -> None:
     """Checks across agents: ports, dependencies, cycles, unit names, start limits."""
     by_file = {doc.file: doc for doc in docs.values()}
 
@@ -546,7 +621,7 @@ def _check_fleet(check: _Checker, agents: dict[str, Agent], hosts: dict[str, Hos
     owners: dict[tuple[str, int], str] = {}
     for host in hosts.values():
         for service, port in host.ports:
-            owners[(host.name, port)] = f"the fleet service {service} (hosts.{host.name}.ports.{service})"
+            owners.setdefault((host.name, port), f"the fleet service {service} (hosts.{host.name}.ports.{service})")
     for agent in agents.values():
         for key, port in (("port", agent.port), ("health_port", agent.health_port), ("private_port", agent.private_port)):
             if port is None:
@@ -579,8 +654,10 @@ def _check_fleet(check: _Checker, agents: dict[str, Agent], hosts: dict[str, Hos
             seen.add(dep)
             if dep == agent.name:
                 check.add(doc, path, "an agent cannot depend on itself")
+            elif dep not in declared:
+                check.add(doc, path, f"unknown agent {dep!r}{_suggest(dep, declared)}")
             elif dep not in agents:
-                check.add(doc, path, f"unknown agent {dep!r}{_suggest(dep, agents)}")
+                continue  # declared, with problems of its own
             elif agent.essential and agents[dep].optional:
                 check.add(doc, path, f"essential agent {agent.name} depends on optional agent {dep}: an essential "
                           "agent starts at boot and cannot wait for an on-demand one (make "

@@ -21,6 +21,16 @@ _STR = "tag:yaml.org,2002:str"
 Path = tuple  # of str (mapping keys) and int (list indices)
 
 
+class _Invalid:
+    """Stands for a value that was already reported as a problem: no follow-on problems."""
+
+    def __repr__(self) -> str:
+        return "<invalid>"
+
+
+INVALID = _Invalid()
+
+
 def dotted(path: Path) -> str:
     """('agents', 'STT', 'depends_on', 1) -> 'agents.STT.depends_on[1]'."""
     out = ""
@@ -60,7 +70,7 @@ def load(text: str, file: str) -> tuple[Document, list[Problem]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
-        what = exc.problem or exc.context or "cannot be parsed"
+        what = ", ".join(part for part in (exc.context, exc.problem) if part) or "cannot be parsed"
         return Document(file, None), [Problem(file, line, "", f"invalid YAML: {what}")]
     except yaml.YAMLError as exc:  # pragma: no cover - libyaml reader errors without a mark
         return Document(file, None), [Problem(file, 1, "", f"invalid YAML: {exc}")]
@@ -105,6 +115,10 @@ def _build(node: yaml.Node, path: Path, doc: Document, problems: list[Problem]) 
         return node.value
     try:
         return _constructor.construct_object(node, deep=True)
-    except yaml.YAMLError as exc:
-        problems.append(Problem(doc.file, node.start_mark.line + 1, dotted(path), f"invalid value: {exc}"))
-        return None
+    except yaml.MarkedYAMLError as exc:
+        message = exc.problem or str(exc).splitlines()[0]
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # e.g. '!!int abc'
+        message = str(exc).splitlines()[0]
+    problems.append(Problem(doc.file, node.start_mark.line + 1, dotted(path),
+                            f"invalid value: {message}"))
+    return INVALID
