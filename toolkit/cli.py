@@ -68,6 +68,12 @@ def _hosts(m: Manifest, chosen: tuple[str, ...]) -> list[str]:
     return list(chosen) or list(m.hosts)
 
 
+def _selected(m: Manifest, hosts: tuple[str, ...], profile: str | None):
+    """The profile's agents on the chosen hosts, manifest order."""
+    chosen = set(_hosts(m, hosts))
+    return [a for a in graph.selected(m, profile) if a.host in chosen]
+
+
 @cli.command()
 @click.pass_obj
 def validate(obj: Context) -> None:
@@ -171,8 +177,7 @@ def _show_diff(place: str, planned, only_ours: bool) -> int:
 def show(obj: Context, as_json: bool, hosts, profile) -> None:
     """The resolved manifest: every setting of every agent, defaults applied."""
     m = obj.manifest
-    chosen = set(_hosts(m, hosts))
-    agents = [a for a in graph.selected(m, profile) if a.host in chosen]
+    agents = _selected(m, hosts, profile)
     if as_json:
         click.echo(json.dumps(_model_json(m, agents, profile), indent=2))
         return
@@ -224,8 +229,7 @@ def _model_json(m: Manifest, agents, profile) -> dict:
 def graph_cmd(obj: Context, fmt: str, hosts, profile) -> None:
     """The dependency graph, for Graphviz (dot -Tsvg) or Mermaid."""
     m = obj.manifest
-    chosen = set(_hosts(m, hosts))
-    agents = [a for a in graph.selected(m, profile) if a.host in chosen]
+    agents = _selected(m, hosts, profile)
     click.echo((graph.to_dot if fmt == "dot" else graph.to_mermaid)(m, agents), nl=False)
 
 
