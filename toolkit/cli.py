@@ -11,14 +11,17 @@ import os
 import socket
 import sys
 import sysconfig
+import time
 import traceback
 from dataclasses import asdict
 
 import click
 
-from . import __version__, files, graph, manifest as manifest_mod, render, values
+from . import __version__, files, graph, install as install_mod, manifest as manifest_mod, render, values
 from .errors import AgentkitError, ManifestError
 from .model import Manifest
+
+TARGET_NAME = render.TARGET
 
 
 class Context:
@@ -138,7 +141,8 @@ def diff(obj: Context, directory, root, hosts, profile, bin_dir, templates) -> N
     changed = 0
     for host, place in places.items():
         planned = render.plan(m, host, profile, bin_dir=bin_dir, templates=templates)
-        changed += _show_diff(place, planned, only_ours=root is not None)
+        owned = set(install_mod.Record.read(root).files) if root is not None else None
+        changed += _show_diff(place, planned, owned=owned or None)
     if changed:
         click.echo(f"{changed} file{' differs' if changed == 1 else 's differ'}", err=True)
         sys.exit(1)
@@ -151,10 +155,18 @@ def _this_host(m: Manifest) -> str:
     return name
 
 
-def _show_diff(place: str, planned, only_ours: bool) -> int:
+def _show_diff(place: str, planned, owned: set[str] | None = None) -> int:
+    """Print unified diffs of `place` against `planned`; count the files that differ.
+
+    Files of `place` that are not planned count when they look like ours, or, given
+    `owned` (install's record), when agentkit installed them.
+    """
     changed = 0
     wanted = {item.path: item for item in planned}
-    present = sorted(n for n in os.listdir(place) if files.OURS.match(n)) if os.path.isdir(place) else []
+    present = []
+    if os.path.isdir(place):
+        present = [n for n in sorted(os.listdir(place))
+                   if (n in owned if owned is not None else files.OURS.match(n)) or n in wanted]
     for name in sorted(set(wanted) | set(present)):
         path = os.path.join(place, name)
         new = wanted[name].text.splitlines(keepends=True) if name in wanted else []
@@ -231,6 +243,124 @@ def graph_cmd(obj: Context, fmt: str, hosts, profile) -> None:
     m = obj.manifest
     agents = _selected(m, hosts, profile)
     click.echo((graph.to_dot if fmt == "dot" else graph.to_mermaid)(m, agents), nl=False)
+
+
+def _one_host(m: Manifest, hosts: tuple[str, ...]) -> str:
+    if len(hosts) > 1:
+        raise click.UsageError("this acts on one host: give at most one --host")
+    return _hosts(m, hosts)[0] if hosts else _this_host(m)
+
+
+@cli.command()
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="Which host of the manifest this is. Default: this machine's hostname.")
+@profile_option
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="Install under ROOT; anything but / only writes files (an image being built).")
+@click.option("--dry-run", is_flag=True, help="Show what would change; exit 1 if anything would.")
+@click.option("--force", is_flag=True, help="Overwrite agentkit's units even if edited by hand since.")
+@click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the essential agents to start.")
+@bin_dir_option
+@templates_option
+@click.pass_obj
+def install(obj: Context, hosts, profile, root, dry_run, force, timeout, bin_dir, templates) -> None:
+    """Install this host's units, reload systemd once, start the essential agents and wait for them."""
+    m = obj.manifest
+    host = _one_host(m, hosts)
+    profile = profile or m.default_profile
+    planned = render.plan(m, host, profile, bin_dir=bin_dir, templates=templates)
+    if dry_run:
+        record = install_mod.Record.read(root)
+        changes = install_mod.compare(root, planned, record, force)
+        changed = _show_diff(os.path.join(root, install_mod.UNIT_DIR), planned, owned=set(record.files) or None)
+        if changes.any:
+            click.echo(f"would add {len(changes.added)}, change {len(changes.changed)}, remove "
+                       f"{len(changes.removed)} unit file(s)", err=True)
+            sys.exit(1)
+        click.echo("nothing to change", err=True)
+        return
+    click.echo(f"installing {len(planned)} unit files for {host} (profile {profile}) under {root}")
+    outcome = install_mod.run(install_mod.apply(root, host, profile, planned, force=force, timeout=timeout,
+                                                progress=click.echo))
+    if not outcome.changes.any:
+        click.echo("unit files unchanged")
+    if outcome.failed:
+        for unit, why in outcome.failed.items():
+            click.echo(f"agentkit: {unit} did not start: {why[0]}", err=True)
+            for line in why[1:]:
+                click.echo(f"    {line}", err=True)
+        sys.exit(1)
+    if os.path.realpath(root) == "/":
+        click.echo(f"{host}: {TARGET_NAME} is up; see `agentkit status`")
+
+
+@cli.command()
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False))
+@click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS")
+@click.pass_obj
+def uninstall(obj: Context, root, timeout) -> None:
+    """Stop and remove everything agentkit installed (and nothing else)."""
+    removed = install_mod.run(install_mod.remove(root, timeout=timeout, progress=click.echo))
+    if not removed:
+        click.echo("nothing installed by agentkit here")
+
+
+@cli.command()
+@click.option("--host", "hosts", multiple=True, metavar="HOST",
+              help="Which host of the manifest this is. Default: this machine's hostname.")
+@profile_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
+@click.pass_obj
+def status(obj: Context, hosts, profile, as_json) -> None:
+    """Every agent of this host: dormant, starting, active, stopping, failed; since when, restarts, memory."""
+    from . import status as status_mod
+    from .systemd import Systemd
+
+    m = obj.manifest
+    host = _one_host(m, hosts)
+    record = install_mod.Record.read("/")
+    profile = profile or record.profile or m.default_profile
+
+    async def gather():
+        manager = Systemd()
+        try:
+            return await status_mod.collect(m, host, profile, manager)
+        finally:
+            manager.close()
+
+    rows = install_mod.run(gather())
+    if as_json:
+        click.echo(json.dumps({"host": host, "profile": profile, "agents": [r.as_json() for r in rows]}, indent=2))
+        return
+    now = time.time()
+    table = [("AGENT", "STATE", "SINCE", "RESTARTS", "MEMORY", "START")]
+    for r in rows:
+        table.append((r.name, r.state, _ago(now, r.since), "-" if r.restarts is None else str(r.restarts),
+                      _mib(r.memory), "-" if r.last_start_s is None else f"{r.last_start_s:.3f}s"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
+    if counts.get("failed"):
+        sys.exit(1)
+
+
+def _ago(now: float, since: float | None) -> str:
+    if since is None:
+        return "-"
+    seconds = max(0, int(now - since))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / (1 << 20):.1f}M"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,263 @@
+"""Put a host's rendered units in place and bring them up: the one place with side effects.
+
+Steps: plan what changes against what agentkit installed before (its record in
+ROOT/var/lib/agentkit/installed.json), write the units atomically, stop and
+remove what the manifest no longer has, reload systemd once, enable
+agentkit.target, (re)start what changed, and wait for the essential agents'
+start jobs over D-Bus. A second run with no change changes nothing.
+
+Units agentkit did not write are never touched; a unit of ours that someone
+edited by hand since is not overwritten (use a drop-in, or --force).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import files
+from .errors import AgentkitError
+from .render import TARGET, RenderedFile
+
+UNIT_DIR = "etc/systemd/system"
+RECORD = "var/lib/agentkit/installed.json"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass
+class Changes:
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+@dataclass
+class Record:
+    """What agentkit installed under a root: its files and their digests."""
+
+    host: str | None = None
+    profile: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, root: str) -> "Record":
+        path = os.path.join(root, RECORD)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                data = json.load(handle)
+            return cls(data.get("host"), data.get("profile"), dict(data.get("files", {})))
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError) as exc:
+            raise AgentkitError(f"{path}: unreadable record of installed units ({exc}); "
+                                "move it away to start over") from exc
+
+    def write(self, root: str) -> None:
+        path = os.path.join(root, RECORD)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.atomic_write(path, json.dumps({"host": self.host, "profile": self.profile,
+                                             "files": dict(sorted(self.files.items()))}, indent=1) + "\n", 0o644)
+
+
+def compare(root: str, planned: list[RenderedFile], record: Record, force: bool = False) -> Changes:
+    """What install would do; refuses to overwrite units that are not ours or were edited by hand."""
+    unit_dir = os.path.join(root, UNIT_DIR)
+    changes = Changes()
+    wanted = {item.path: item for item in planned}
+    for name, item in wanted.items():
+        path = os.path.join(unit_dir, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                current = handle.read()
+        except FileNotFoundError:
+            changes.added.append(name)
+            continue
+        if name not in record.files:
+            if current == item.text:
+                changes.changed.append(name)  # identical, but now ours: record it
+                continue
+            raise AgentkitError(f"{path}: exists and was not installed by agentkit; move it away first")
+        if not force and _digest(current) != record.files[name]:
+            raise AgentkitError(f"{path}: changed by hand since agentkit installed it; put local changes in "
+                                f"a drop-in ({name}.d/*.conf), or run with --force to overwrite")
+        (changes.unchanged if current == item.text else changes.changed).append(name)
+    for name in sorted(set(record.files) - set(wanted)):
+        changes.removed.append(name)
+    return changes
+
+
+def write(root: str, planned: list[RenderedFile], changes: Changes, record: Record, host: str, profile: str) -> None:
+    """Write changed units atomically and delete removed ones; the record last, so a crash
+    leaves the old record and a rerun redoes the work."""
+    unit_dir = os.path.join(root, UNIT_DIR)
+    os.makedirs(unit_dir, exist_ok=True)
+    wanted = {item.path: item for item in planned}
+    for name in changes.added + changes.changed:
+        files.atomic_write(os.path.join(unit_dir, name), wanted[name].text, wanted[name].mode)
+    for name in changes.removed:
+        try:
+            os.unlink(os.path.join(unit_dir, name))
+        except FileNotFoundError:
+            pass
+    Record(host, profile, {item.path: _digest(item.text) for item in planned}).write(root)
+
+
+def journal_tail(unit: str, lines: int = 10) -> list[str]:
+    """The unit's last journal lines, for a human reading why it failed."""
+    try:
+        result = subprocess.run(["journalctl", "--no-pager", "-q", "-o", "cat", "-n", str(lines), "-u", unit],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return result.stdout.splitlines()[-lines:]
+
+
+@dataclass
+class Outcome:
+    changes: Changes
+    started: dict[str, str] = field(default_factory=dict)  # unit -> job result
+    failed: dict[str, list[str]] = field(default_factory=dict)  # unit -> why (result, journal lines)
+
+
+async def apply(root: str, host: str, profile: str, planned: list[RenderedFile], *, force: bool = False,
+                timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None,
+                systemd_factory=None) -> Outcome:
+    """Install `planned` under `root` and, when root is '/', bring it up through systemd."""
+    record = Record.read(root)
+    changes = compare(root, planned, record, force)
+    live = os.path.realpath(root) == "/"
+    manager = None
+    if live:
+        from .systemd import Systemd  # D-Bus only where it is used: render/validate need no bus
+        manager = (systemd_factory or Systemd)()
+    try:
+        if manager is not None and changes.removed:
+            # Stop what goes away while systemd still knows its unit files.
+            gone = [n for n in changes.removed if n.endswith((".socket", ".service"))]
+            progress(f"stopping {len(gone)} removed unit(s)")
+            await manager.run_jobs("stop", gone, timeout=timeout)
+        if changes.any or record.host is None:
+            write(root, planned, changes, record, host, profile)
+            for kind, names in (("added", changes.added), ("changed", changes.changed), ("removed", changes.removed)):
+                if names:
+                    progress(f"{kind}: {len(names)} unit file(s)")
+        outcome = Outcome(changes)
+        if manager is None:
+            _enable_offline(root)
+            return outcome
+        if changes.any:
+            await manager.reload()
+            for name in changes.removed:
+                await manager.reset_failed(name)
+        await manager.enable([TARGET])
+        await _bring_up(manager, planned, changes, outcome, timeout, progress)
+        return outcome
+    finally:
+        if manager is not None:
+            manager.close()
+
+
+async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outcome: Outcome,
+                    timeout: float, progress: Callable[[str], None]) -> None:
+    names = [item.path for item in planned]
+    wanted_by_target = _target_wants(planned)
+    changed = set(changes.changed)
+    # A changed unit that runs gets restarted (try-restart: a dormant agent stays dormant).
+    restart = sorted(n for n in changed if n.endswith(".service"))
+    if restart:
+        progress(f"restarting {len(restart)} changed service(s) that are running")
+        await manager.run_jobs("try_restart", restart, timeout=timeout)
+    sockets = [n for n in wanted_by_target if n.endswith(".socket")]
+    for name in sorted(changed & set(sockets)):
+        await manager.run_jobs("restart", [name], timeout=timeout)
+    services = [n for n in wanted_by_target if n.endswith(".service")]
+    total = len(services) + len(sockets)
+    done = 0
+
+    def on_done(unit: str, result: str) -> None:
+        nonlocal done
+        done += 1
+        progress(f"[{done}/{total}] {unit}: {'ok' if result == 'done' else result}")
+
+    results = await manager.run_jobs("start", sockets + services, timeout=timeout, on_done=on_done)
+    await manager.run_jobs("start", [TARGET], timeout=timeout)
+    outcome.started = results
+    states = await manager.states(names)
+    for unit, result in results.items():
+        state = states.get(unit)
+        if result != "done" or (state and state.active_state == "failed"):
+            why = [f"job {result}"]
+            if state is not None:
+                props = await manager.properties(state)
+                why = [f"job {result}, state {state.active_state}/{state.sub_state}, "
+                       f"result {props.get('Result', '?')}"]
+            outcome.failed[unit] = why + journal_tail(unit)
+
+
+def _enable_offline(root: str) -> None:
+    """What EnableUnitFiles does, for a root that is not running (an image being built)."""
+    wants = os.path.join(root, UNIT_DIR, "multi-user.target.wants")
+    os.makedirs(wants, exist_ok=True)
+    link = os.path.join(wants, TARGET)
+    if not os.path.islink(link):
+        os.symlink(f"/{UNIT_DIR}/{TARGET}", link)
+
+
+def _target_wants(planned: list[RenderedFile]) -> list[str]:
+    target = next((item for item in planned if item.path == TARGET), None)
+    if target is None:
+        return []
+    return [line.split("=", 1)[1] for line in target.text.splitlines() if line.startswith("Wants=")]
+
+
+async def remove(root: str, *, timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None,
+                 systemd_factory=None) -> list[str]:
+    """Stop, disable and delete everything agentkit installed under root."""
+    record = Record.read(root)
+    names = sorted(record.files)
+    if not names:
+        return []
+    live = os.path.realpath(root) == "/"
+    manager = None
+    if live:
+        from .systemd import Systemd
+        manager = (systemd_factory or Systemd)()
+    try:
+        if manager is not None:
+            units = [n for n in names if n.endswith((".target", ".socket", ".service"))]
+            progress(f"stopping {len(units)} unit(s)")
+            await manager.run_jobs("stop", units, timeout=timeout)
+            await manager.disable([TARGET])
+        unit_dir = os.path.join(root, UNIT_DIR)
+        for name in names + [f"multi-user.target.wants/{TARGET}"]:
+            try:
+                os.unlink(os.path.join(unit_dir, name))
+            except FileNotFoundError:
+                pass
+        os.unlink(os.path.join(root, RECORD))
+        if manager is not None:
+            await manager.reload()
+            for name in names:
+                await manager.reset_failed(name)
+        progress(f"removed {len(names)} unit file(s)")
+        return names
+    finally:
+        if manager is not None:
+            manager.close()
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
