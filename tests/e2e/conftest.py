@@ -1,0 +1,97 @@
+"""End-to-end tests: agentkit against the host's own systemd booted in systemd-nspawn.
+
+Needs root and systemd-nspawn (Debian package systemd-container). Without them
+every test here is skipped, except under CI (environment variable CI set),
+where they fail: CI must not pass by skipping its end-to-end tests.
+
+The containers share the host's network namespace (its ports are the host's
+ports), so tests here must not run two containers that listen on the same
+ports at once; the reference fleet's ports are fixed, so these tests run
+serially, in one process (no pytest-xdist spreading them).
+"""
+
+import os
+import statistics
+from pathlib import Path
+
+import pytest
+
+from .container import SystemdContainer, close_all, requirements_missing
+
+HERE = Path(__file__).resolve().parent
+
+_boot_seconds: list[float] = []
+
+
+def _in_e2e(item) -> bool:
+    return HERE in Path(str(item.fspath)).resolve().parents
+
+
+def pytest_collection_modifyitems(config, items):
+    missing = requirements_missing()
+    for item in items:
+        if not _in_e2e(item):
+            continue
+        item.add_marker(pytest.mark.e2e)
+        if missing and not os.environ.get("CI"):
+            item.add_marker(pytest.mark.skip(reason=f"e2e: {missing}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _e2e_requirements():
+    missing = requirements_missing()
+    if missing:  # only reached under CI: the tests were marked skip otherwise
+        pytest.fail(f"e2e tests cannot run in CI: {missing}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def e2e_log_dir(tmp_path_factory):
+    """Where each container's nspawn/console output goes (kept after the run)."""
+    return tmp_path_factory.mktemp("e2e-containers")
+
+
+@pytest.fixture
+def container_factory(e2e_log_dir):
+    """Boot containers: factory(**SystemdContainer options). All closed at teardown."""
+    made: list[SystemdContainer] = []
+
+    def factory(**options) -> SystemdContainer:
+        options.setdefault("log_dir", e2e_log_dir)
+        c = SystemdContainer(start=False, **options)
+        made.append(c)  # before booting: a failed boot is closed too
+        c.start()
+        _boot_seconds.append(c.boot_seconds)
+        return c
+
+    yield factory
+    errors = []
+    for c in reversed(made):
+        try:
+            c.close()
+        except Exception as exc:
+            errors.append(f"{c.name}: {exc}")
+    if errors:
+        pytest.fail("closing containers: " + "; ".join(errors), pytrace=False)
+
+
+@pytest.fixture
+def container(container_factory) -> SystemdContainer:
+    """One booted container, shut down after the test."""
+    return container_factory()
+
+
+def boot_seconds() -> list[float]:
+    """Boot times (seconds) of the containers the fixtures made in this session."""
+    return list(_boot_seconds)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _boot_seconds:
+        times = sorted(_boot_seconds)
+        terminalreporter.write_line(
+            f"e2e: {len(times)} container boots: p50 {statistics.median(times):.2f} s, "
+            f"min {times[0]:.2f} s, max {times[-1]:.2f} s")
+
+
+def pytest_unconfigure(config):
+    close_all()  # interrupted runs (^C) included; atexit and SIGTERM are covered in container.py
