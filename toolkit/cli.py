@@ -111,7 +111,7 @@ def render_cmd(obj: Context, hosts, profile, out, bin_dir, templates) -> None:
         files.replace_tree(target, planned)
         counts: dict[str, int] = {}
         for item in planned:
-            kind = item.path.rsplit(".", 1)[-1]
+            kind = "template" if "@." in item.path else item.path.rsplit(".", 1)[-1]
             counts[kind] = counts.get(kind, 0) + 1
         summary = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(counts.items()))
         click.echo(f"{target}/: {summary}")

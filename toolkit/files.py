@@ -11,7 +11,7 @@ from typing import Iterable
 from .errors import AgentkitError
 
 # What a host directory of agentkit's may hold; anything else there is the user's.
-OURS = re.compile(r"^agentkit[A-Za-z0-9_.:-]*\.(service|socket|slice|target)$")
+OURS = re.compile(r"^agentkit[A-Za-z0-9_.:@-]*\.(service|socket|slice|target|timer)$")
 
 
 def atomic_write(path: str, text: str, mode: int = 0o644) -> None:

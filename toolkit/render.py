@@ -21,6 +21,7 @@ from .model import Agent, Manifest
 
 SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 TARGET = "agentkit.target"
+REARM = "agentkit-rearm@"  # template units that make a failed socket listen again
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -117,6 +118,8 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
         proxy_t = env.get_template("proxy.service.j2")
         target_t = env.get_template("agentkit.target.j2")
         slice_t = env.get_template("agentkit.slice.j2")
+        rearm_timer_t = env.get_template("agentkit-rearm@.timer.j2")
+        rearm_service_t = env.get_template("agentkit-rearm@.service.j2")
     except jinja2.TemplateError as exc:
         raise AgentkitError(f"template: {exc}") from exc
 
@@ -145,6 +148,11 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                     command=escape.systemd_exec((SOCKET_PROXYD, f"--exit-idle-time={values.format_span(agent.idle_stop_us)}",
                                                  f"127.0.0.1:{agent.private_port}")),
                 )))
+        optional = [a for a in agents if a.optional]
+        if optional:
+            delay = max(a.restart.interval_us for a in optional)
+            files.append(RenderedFile(REARM + ".timer", rearm_timer_t.render(delay=delay)))
+            files.append(RenderedFile(REARM + ".service", rearm_service_t.render()))
         used_slices = sorted({a.slice for a in agents})
         files.append(RenderedFile("agentkit.slice", slice_t.render(
             slice=None, name=manifest.name, host=host)))
