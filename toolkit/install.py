@@ -28,6 +28,11 @@ UNIT_DIR = "etc/systemd/system"
 RECORD = "var/lib/agentkit/installed.json"
 
 
+def _instance_units(names) -> list[str]:
+    """Units systemd can start, stop or list: templates (name@.service) are only files."""
+    return [n for n in names if "@." not in n and n.endswith((".target", ".socket", ".service"))]
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -146,7 +151,7 @@ async def apply(root: str, host: str, profile: str, planned: list[RenderedFile],
     try:
         if manager is not None and changes.removed:
             # Stop what goes away while systemd still knows its unit files.
-            gone = [n for n in changes.removed if n.endswith((".socket", ".service"))]
+            gone = _instance_units(changes.removed)
             progress(f"stopping {len(gone)} removed unit(s)")
             await manager.run_jobs("stop", gone, timeout=timeout)
         if changes.any or record.host is None:
@@ -172,11 +177,11 @@ async def apply(root: str, host: str, profile: str, planned: list[RenderedFile],
 
 async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outcome: Outcome,
                     timeout: float, progress: Callable[[str], None]) -> None:
-    names = [item.path for item in planned]
+    names = _instance_units(item.path for item in planned)
     wanted_by_target = _target_wants(planned)
     changed = set(changes.changed)
     # A changed unit that runs gets restarted (try-restart: a dormant agent stays dormant).
-    restart = sorted(n for n in changed if n.endswith(".service"))
+    restart = sorted(n for n in _instance_units(changed) if n.endswith(".service"))
     if restart:
         progress(f"restarting {len(restart)} changed service(s) that are running")
         await manager.run_jobs("try_restart", restart, timeout=timeout)
@@ -237,7 +242,7 @@ async def remove(root: str, *, timeout: float = 120.0, progress: Callable[[str],
         manager = (systemd_factory or Systemd)()
     try:
         if manager is not None:
-            units = [n for n in names if n.endswith((".target", ".socket", ".service"))]
+            units = _instance_units(names)
             progress(f"stopping {len(units)} unit(s)")
             await manager.run_jobs("stop", units, timeout=timeout)
             await manager.disable([TARGET])

@@ -68,11 +68,16 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
         socket = states.get(render.socket_unit(agent)) if agent.optional else None
         state, detail = _state(agent, service, socket)
         since = restarts = memory = last_start = result = None
+        socket_props = await manager.properties(socket) if socket is not None and socket.load_state == "loaded" else {}
+        if socket_props.get("Result") == "service-start-limit-hit":
+            # The restarts that hit the limit leave the service's own Result at its last
+            # failure; the socket says why systemd gave up.
+            detail += ", start limit hit: the socket listens again after the start-limit interval"
         if service is not None and service.load_state == "loaded":
             props = await manager.properties(service)
             changed = props.get("StateChangeTimestamp") or 0
-            if state == "dormant" and socket is not None:
-                changed = (await manager.properties(socket)).get("StateChangeTimestamp") or changed
+            if state == "dormant":
+                changed = socket_props.get("StateChangeTimestamp") or changed
             since = changed / 1e6 if changed else None
             restarts = props.get("NRestarts")
             value = props.get("MemoryCurrent")
