@@ -42,6 +42,13 @@ def _e2e_requirements():
     missing = requirements_missing()
     if missing:  # only reached under CI: the tests were marked skip otherwise
         pytest.fail(f"e2e tests cannot run in CI: {missing}", pytrace=False)
+    checkout = str(HERE.parents[1])
+    if checkout.startswith(("/root/", "/home/")):
+        # The agents run sandboxed with ProtectHome=yes: the checkout's .venv, which
+        # holds agentkit-agent, would be invisible to them.
+        pytest.fail(f"e2e: the checkout {checkout} is under /root or /home, which agentkit's sandboxed "
+                    "units cannot see (ProtectHome=yes); clone it elsewhere, e.g. under /srv or /opt",
+                    pytrace=False)
 
 
 @pytest.fixture(scope="session")
