@@ -11,7 +11,10 @@ serially, in one process (no pytest-xdist spreading them).
 """
 
 import os
+import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,13 +45,37 @@ def _e2e_requirements():
     missing = requirements_missing()
     if missing:  # only reached under CI: the tests were marked skip otherwise
         pytest.fail(f"e2e tests cannot run in CI: {missing}", pytrace=False)
-    checkout = str(HERE.parents[1])
-    if checkout.startswith(("/root/", "/home/")):
-        # The agents run sandboxed with ProtectHome=yes: the checkout's .venv, which
-        # holds agentkit-agent, would be invisible to them.
-        pytest.fail(f"e2e: the checkout {checkout} is under /root or /home, which agentkit's sandboxed "
-                    "units cannot see (ProtectHome=yes); clone it elsewhere, e.g. under /srv or /opt",
-                    pytrace=False)
+
+
+
+CHECKOUT = HERE.parents[1]
+# agentkit's units run sandboxed: PrivateTmp= and ProtectHome= hide these from the agents.
+HIDDEN_FROM_AGENTS = ("/tmp/", "/var/tmp/", "/root/", "/home/", "/run/user/")
+
+
+@pytest.fixture(scope="session")
+def agentkit_bin(tmp_path_factory) -> Path:
+    """The bin directory of an agentkit the containers' sandboxed agents can run.
+
+    Normally the checkout's own .venv. A checkout where the sandbox hides it (a
+    clone under /tmp, say) gets a non-editable install in a venv under /opt for
+    the session, removed afterwards.
+    """
+    here = Path(sys.executable).parent
+    if not str(CHECKOUT).startswith(HIDDEN_FROM_AGENTS):
+        yield here
+        return
+    venv = Path("/opt") / f"agentkit-e2e-{os.getpid()}"
+    source = tmp_path_factory.mktemp("agentkit-source")
+    try:
+        shutil.copytree(CHECKOUT, source, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+        subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=300)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(source)],
+                       check=True, timeout=600)
+        yield venv / "bin"
+    finally:
+        shutil.rmtree(venv, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -58,12 +85,16 @@ def e2e_log_dir(tmp_path_factory):
 
 
 @pytest.fixture
-def container_factory(e2e_log_dir):
-    """Boot containers: factory(**SystemdContainer options). All closed at teardown."""
+def container_factory(e2e_log_dir, agentkit_bin):
+    """Boot containers: factory(**SystemdContainer options). All closed at teardown.
+    agentkit_bin's venv is bound in read-only at its own path."""
     made: list[SystemdContainer] = []
 
     def factory(**options) -> SystemdContainer:
         options.setdefault("log_dir", e2e_log_dir)
+        venv = str(agentkit_bin.parent)
+        if not venv.startswith(str(CHECKOUT)):
+            options["bind_ro"] = list(options.get("bind_ro", ())) + [venv]
         c = SystemdContainer(start=False, **options)
         made.append(c)  # before booting: a failed boot is closed too
         c.start()

@@ -10,7 +10,6 @@ behaviours that need short timings; the reference fleet covers the real shape.
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 import threading
 import time
@@ -21,8 +20,15 @@ import pytest
 import zmq
 
 REPO = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
-AGENTKIT = str(VENV_BIN / "agentkit")
+
+@pytest.fixture(autouse=True)
+def _agentkit(agentkit_bin):
+    """The agentkit the containers run (see conftest.agentkit_bin)."""
+    global AGENTKIT
+    AGENTKIT = str(agentkit_bin / "agentkit")
+
+
+AGENTKIT = ""
 
 
 # --- helpers ---------------------------------------------------------------------------
@@ -49,7 +55,8 @@ def health(port: int) -> dict:
 
 
 def install(container, manifest: Path, host: str, *extra: str, check: bool = True):
-    result = container.run([AGENTKIT, "-m", str(manifest), "install", "--host", host, *extra],
+    bin_dir = str(Path(AGENTKIT).parent)
+    result = container.run([AGENTKIT, "-m", str(manifest), "install", "--host", host, "--bin-dir", bin_dir, *extra],
                            timeout=300, check=False)
     if check:
         assert result.returncode == 0, f"install failed:\n{result.stdout}\n{result.stderr}"
@@ -156,8 +163,8 @@ def test_reinstall_without_change_changes_nothing(pc2):
     again = install(container, REPO / "agents", "pc2")
     assert "unit files unchanged" in again.stdout
     assert show(container, "agentkit-TieredResponder.service", "MainPID")["MainPID"] == pid
-    dry = container.run([AGENTKIT, "-m", str(REPO / "agents"), "install", "--host", "pc2", "--dry-run"],
-                        check=False)
+    dry = container.run([AGENTKIT, "-m", str(REPO / "agents"), "install", "--host", "pc2", "--dry-run",
+                         "--bin-dir", str(Path(AGENTKIT).parent)], check=False)
     assert dry.returncode == 0 and dry.stderr.strip() == "nothing to change"
 
 
