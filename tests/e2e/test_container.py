@@ -36,6 +36,19 @@ def _processes_in_pid_ns(ns: str) -> list[int]:
     return found
 
 
+def _pid_ns_empties(ns: str, timeout: float) -> list[int]:
+    """The kernel tears a namespace's last processes down after its init is gone:
+    poll (bounded) until none is left; return what is left then."""
+    deadline = time.monotonic() + timeout
+    left = _processes_in_pid_ns(ns)
+    for _ in range(int(timeout / 0.05) + 1):
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        left = _processes_in_pid_ns(ns)
+    return left
+
+
 def _nspawn_processes_named(machine: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):
@@ -283,7 +296,7 @@ def test_container_dies_with_the_test_process(tmp_path, signum):
     assert child.returncode == -getattr(signal, signum)
     assert _wait_gone(nspawn_pid, 30), f"{name}: systemd-nspawn outlived the test process"
     assert _wait_gone(pid1, 10)
-    assert _processes_in_pid_ns(pid_ns) == []
+    assert _pid_ns_empties(pid_ns, 10) == []
     assert _nspawn_processes_named(name) == []
     if signum == "SIGKILL":  # nobody was left to rmdir its cgroups: the next start sweeps them
         _sweep_stale_cgroups()
