@@ -258,6 +258,20 @@ def pick_agent_fd(fds):
     return fds[0][0] if fds else None  # fd 3, unless it was missing
 
 
+def listen_private(host, port):
+    """A listening TCP socket on the proxy's private address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise StartError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    return sock
+
+
 def check_listening(fd):
     probe = socket.socket(fileno=os.dup(fd))
     try:
@@ -382,9 +396,17 @@ class Agent:
         self.rep = self.ctx.socket(zmq.REP)
         config = self.config
         how = "its own port"
+        bind_to = None
         if config.activation == "proxy":
             self.endpoint = tcp_endpoint(*config.bind)
             how = "the proxy's private address"
+            # Bound here and handed over like systemd's fd: libzmq binding a specific
+            # address itself asks getifaddrs(), i.e. a netlink socket, which the
+            # unit's RestrictAddressFamilies= forbids (the agent aborts).
+            # The endpoint only has to parse then; a wildcard one needs no lookup.
+            self.private = listen_private(*config.bind)
+            self.rep.setsockopt(zmq.USE_FD, self.private.fileno())
+            bind_to = f"tcp://*:{config.bind[1]}"
         else:
             self.endpoint = f"tcp://*:{config.port}"
             fd = pick_agent_fd(listen_fds(os.environ)) if config.activation == "native" else None
@@ -394,7 +416,7 @@ class Agent:
                 self.rep.setsockopt(zmq.USE_FD, fd)
                 how = f"fd {fd} from systemd"
         try:
-            self.rep.bind(self.endpoint)
+            self.rep.bind(bind_to or self.endpoint)
         except zmq.ZMQError as exc:
             raise StartError(f"cannot listen on {self.endpoint}: {exc.strerror}") from None
         if config.health_port is not None:

@@ -295,3 +295,39 @@ def test_reinstall_without_an_agent_removes_its_units_and_nothing_else(container
     assert show(container, "agentkit-Keep.service", "MainPID")["MainPID"] == keep_pid
     with pytest.raises(zmq.Again):
         request(17106, {"action": "ping"}, timeout=2)
+
+
+def test_proxy_mode_starts_the_agent_behind_systemd_socket_proxyd_and_stops_both_when_idle(
+        container_factory, tmp_path):
+    manifest = lab_manifest(tmp_path, """\
+        Legacy:
+          port: 17107
+          health_port: 17207
+          activation: proxy
+          idle_stop: 3s
+          restart: {burst: 6}
+        Caller:
+          port: 17108
+          idle_stop: 1min
+          depends_on: [Legacy]
+        """)
+    container = container_factory(hostname="lab", bind_ro=[str(manifest)])
+    install(container, manifest, "lab")
+    assert status(container, manifest, "lab")["Legacy"]["state"] == "dormant"
+    reply = request(17107, {"action": "ping"})
+    assert (reply["ok"], reply["agent"]) == (True, "Legacy")
+    # The agent listens on its private address; the proxy holds the public port.
+    assert health(17207)["activation"] == "proxy"
+    for unit in ("agentkit-Legacy.service", "agentkit-Legacy-proxy.service"):
+        assert show(container, unit, "ActiveState")["ActiveState"] == "active", unit
+    # Idle: the proxy exits, and the agent, no longer needed, is stopped with it.
+    wait_for("the proxy and the agent to stop after 3s idle",
+             lambda: show(container, "agentkit-Legacy.service", "ActiveState")["ActiveState"] == "inactive"
+             and show(container, "agentkit-Legacy-proxy.service", "ActiveState")["ActiveState"] == "inactive",
+             timeout=30)
+    assert show(container, "agentkit-Legacy-proxy.service", "Result")["Result"] == "success"
+    assert status(container, manifest, "lab")["Legacy"]["state"] == "dormant"
+    # A native agent that depends on it starts it (Requires=) and reaches it through
+    # the proxy; while that agent runs, the proxied one stays needed.
+    chain = request(17108, {"action": "chain"})
+    assert chain["ok"] and chain["deps"][0]["agent"] == "Legacy" and chain["deps"][0]["pid"] != reply["pid"]
