@@ -75,7 +75,6 @@ from agentkit import manifest as manifest_mod
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO / "agents"
 VENV_BIN = Path(sys.prefix) / "bin"
-AGENTKIT = VENV_BIN / "agentkit"
 PROXY_MANIFEST_IN_CONTAINER = "/opt/agentkit-bench/agents"  # the proxy-mode copy, bound read-only
 
 MAX_ROUNDS = 20  # bound the run time whatever --rounds says
@@ -301,7 +300,9 @@ class Host:
     def install(self) -> bool:
         manifest_dir = str(REFERENCE) if self.mode == "native" else PROXY_MANIFEST_IN_CONTAINER
         started = time.monotonic()
-        result = self.c.run([str(AGENTKIT), "-m", manifest_dir, "install", "--host", self.name],
+        agentkit = str(self.bench.agentkit_bin / "agentkit")
+        result = self.c.run([agentkit, "-m", manifest_dir, "install", "--host", self.name,
+                             "--bin-dir", str(self.bench.agentkit_bin)],
                             check=False, timeout=INSTALL_TIMEOUT)
         self.install_seconds = time.monotonic() - started
         if result.returncode != 0:
@@ -477,6 +478,7 @@ class Bench:
     def __init__(self, args, say):
         self.args = args
         self.say = say
+        self.agentkit_bin = args.agentkit_bin.resolve()
         self.deadline = time.monotonic() + args.budget
         self.samples: list[Sample] = []
         self.memory: list[dict] = []
@@ -505,6 +507,9 @@ class Bench:
 
     def run_mode(self, mode: str, hosts: list[str], proxy_dir: Path | None, log_dir: Path, container_mod) -> None:
         binds = [(str(proxy_dir), str(Path(PROXY_MANIFEST_IN_CONTAINER).parent))] if proxy_dir else []
+        venv = str(self.agentkit_bin.parent)
+        if not venv.startswith(str(REPO)):  # an agentkit deployed outside the checkout
+            binds.append((venv, venv))
         with ExitStack() as stack:
             booted: list[Host] = []
             for host in hosts:
@@ -766,6 +771,10 @@ def parse_args(argv):
     parser.add_argument("--no-deps-cold", action="store_true", help="skip the worst case (dependencies cold too)")
     parser.add_argument("--budget", type=float, default=900.0, metavar="SECONDS",
                         help="stop taking samples after this long (figures so far are reported)")
+    parser.add_argument("--agentkit-bin", type=Path, default=VENV_BIN, metavar="DIR",
+                        help="the agentkit whose agents run (default: this venv's bin). Sandboxed agents cannot "
+                             "see /tmp, /root or /home (PrivateTmp=, ProtectHome=): a checkout there needs one "
+                             "installed elsewhere")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout; the report on stderr")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]

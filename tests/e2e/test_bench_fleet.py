@@ -8,9 +8,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_fleet_benchmark_measures_cold_starts_on_pc2():
+def test_fleet_benchmark_measures_cold_starts_on_pc2(agentkit_bin):
     result = subprocess.run([sys.executable, str(REPO / "bench" / "fleet.py"), "--host", "pc2", "--modes", "native",
-                             "--rounds", "1", "--no-deps-cold", "--json"],
+                             "--rounds", "1", "--no-deps-cold", "--json", "--agentkit-bin", str(agentkit_bin)],
                             capture_output=True, text=True, timeout=600, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
