@@ -32,6 +32,19 @@ class AgentStatus:
         return asdict(self)
 
 
+def _rss(pid: int) -> int | None:
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def _state(agent: Agent, service, socket) -> tuple[str, str]:
     if service is None or service.load_state != "loaded":
         return "not-installed", "unit not loaded"
@@ -81,7 +94,12 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
             since = changed / 1e6 if changed else None
             restarts = props.get("NRestarts")
             value = props.get("MemoryCurrent")
-            memory = value if value not in (None, NO_VALUE) and state in ("active", "starting") else None
+            if state not in ("active", "starting"):
+                memory = None
+            elif value not in (None, NO_VALUE):
+                memory = value
+            else:  # no memory controller for the unit's cgroup: the main process's resident memory
+                memory = _rss(props.get("MainPID") or 0)
             began, ready = props.get("InactiveExitTimestampMonotonic", 0), props.get("ActiveEnterTimestampMonotonic", 0)
             if began and ready and ready >= began:
                 last_start = round((ready - began) / 1e6, 6)

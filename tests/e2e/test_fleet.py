@@ -133,6 +133,18 @@ def test_install_starts_essentials_and_leaves_optional_agents_dormant(pc2):
     with pytest.raises(OSError):
         health(8102)
     assert status(container, REPO / "agents", "pc2")["CacheManager"]["state"] == "dormant"
+    # What a person looks at.
+    target = container.systemctl("status", "agentkit.target", "--no-pager", check=False)
+    assert target.returncode == 0 and "Active: active" in target.stdout
+    table = container.run([AGENTKIT, "-m", str(REPO / "agents"), "status", "--host", "pc2"])
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["AGENT", "STATE", "SINCE", "RESTARTS", "MEMORY", "START"]
+    assert lines[-1] == "8 active, 14 dormant"
+    hub = agents["ObservabilityHub_PC2"]
+    assert hub["restarts"] == 0 and 0 < hub["last_start_s"] < 30 and hub["since"] > 0
+    assert 5 << 20 < hub["memory"] < 500 << 20  # a Python agent with zmq: tens of MB
+    assert agents["CacheManager"]["memory"] is None  # dormant: no process
+    print("\n" + table.stdout)
 
 
 def test_first_request_starts_the_deepest_chain_in_order(pc2):
