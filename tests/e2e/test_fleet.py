@@ -343,3 +343,37 @@ def test_proxy_mode_starts_the_agent_behind_systemd_socket_proxyd_and_stops_both
     # the proxy; while that agent runs, the proxied one stays needed.
     chain = request(17108, {"action": "chain"})
     assert chain["ok"] and chain["deps"][0]["agent"] == "Legacy" and chain["deps"][0]["pid"] != reply["pid"]
+
+
+def test_install_names_an_essential_agent_that_fails_and_uninstall_removes_everything(container_factory, tmp_path):
+    manifest = lab_manifest(tmp_path, """\
+        Good:
+          essential: true
+          port: 17109
+        Broken:
+          essential: true
+          port: 17110
+          command: [agentkit-agent, --crash-at-start]
+          restart: {policy: "no"}
+        Lazy:
+          port: 17111
+          idle_stop: 1min
+        """)
+    container = container_factory(hostname="lab", bind_ro=[str(manifest)])
+    result = install(container, manifest, "lab", check=False)
+    assert result.returncode == 1
+    assert "agentkit: agentkit-Broken.service did not start: job failed, state failed/failed, result exit-code" \
+        in result.stderr
+    assert "exiting with status 1 at start, as asked (--crash-at-start)" in result.stderr  # its journal
+    assert "agentkit-Good.service" not in result.stderr
+    assert request(17109, {"action": "ping"})["ok"]  # the others are up all the same
+    units = container.root / "etc/systemd/system"
+    container.write_file("/etc/systemd/system/other.service", "[Service]\nExecStart=/bin/true\n")
+    removed = container.run([AGENTKIT, "-m", str(manifest), "uninstall"])
+    assert "removed" in removed.stdout
+    assert sorted(p.name for p in units.iterdir() if p.name.startswith(("agentkit", "other"))) == ["other.service"]
+    assert not (units / "multi-user.target.wants" / "agentkit.target").exists()
+    for unit in ("agentkit-Good.service", "agentkit-Lazy.socket", "agentkit.target"):
+        assert show(container, unit, "LoadState")["LoadState"] == "not-found", unit
+    with pytest.raises(zmq.Again):
+        request(17109, {"action": "ping"}, timeout=2)
