@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import render
+from . import graph, render
 from .model import Agent, Manifest
 
 NO_VALUE = (1 << 64) - 1
@@ -68,7 +68,7 @@ def _state(agent: Agent, service, socket) -> tuple[str, str]:
 
 
 async def collect(manifest: Manifest, host: str, profile: str | None, manager) -> list[AgentStatus]:
-    agents = [a for a in render.graph.selected(manifest, profile) if a.host == host]
+    agents = [a for a in graph.selected(manifest, profile) if a.host == host]
     names = []
     for agent in agents:
         names.append(render.unit(agent))
