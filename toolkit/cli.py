@@ -49,6 +49,8 @@ profile_option = click.option("--profile", metavar="PROFILE",
 bin_dir_option = click.option("--bin-dir", default=default_bin_dir, show_default="this agentkit's bin directory",
                               envvar="AGENTKIT_BIN_DIR", metavar="DIR",
                               help="Where bare program names in commands (agentkit-agent) live on the hosts.")
+this_host_option = click.option("--host", "hosts", multiple=True, metavar="HOST",
+                                help="Which host of the manifest this is. Default: this machine's hostname.")
 templates_option = click.option("--templates", metavar="DIR", type=click.Path(file_okay=False, exists=True),
                                 help="Templates here replace the packaged ones of the same name.")
 
@@ -252,8 +254,7 @@ def _one_host(m: Manifest, hosts: tuple[str, ...]) -> str:
 
 
 @cli.command()
-@click.option("--host", "hosts", multiple=True, metavar="HOST",
-              help="Which host of the manifest this is. Default: this machine's hostname.")
+@this_host_option
 @profile_option
 @click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
               help="Install under ROOT; anything but / only writes files (an image being built).")
@@ -307,8 +308,7 @@ def uninstall(obj: Context, root, timeout) -> None:
 
 
 @cli.command()
-@click.option("--host", "hosts", multiple=True, metavar="HOST",
-              help="Which host of the manifest this is. Default: this machine's hostname.")
+@this_host_option
 @profile_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
 @click.pass_obj

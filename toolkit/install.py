@@ -13,6 +13,7 @@ edited by hand since is not overwritten (use a drop-in, or --force).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -112,12 +113,30 @@ def write(root: str, planned: list[RenderedFile], changes: Changes, record: Reco
     wanted = {item.path: item for item in planned}
     for name in changes.added + changes.changed:
         files.atomic_write(os.path.join(unit_dir, name), wanted[name].text, wanted[name].mode)
-    for name in changes.removed:
+    _unlink(os.path.join(unit_dir, name) for name in changes.removed)
+    Record(host, profile, {item.path: _digest(item.text) for item in planned}).write(root)
+
+
+def _unlink(paths) -> None:
+    for path in paths:
         try:
-            os.unlink(os.path.join(unit_dir, name))
+            os.unlink(path)
         except FileNotFoundError:
             pass
-    Record(host, profile, {item.path: _digest(item.text) for item in planned}).write(root)
+
+
+@contextlib.contextmanager
+def _systemd(root: str):
+    """The system manager when `root` is the running system, else None (files only)."""
+    if os.path.realpath(root) != "/":
+        yield None
+        return
+    from .systemd import Systemd  # D-Bus only where it is used: render/validate need no bus
+    manager = Systemd()
+    try:
+        yield manager
+    finally:
+        manager.close()
 
 
 def journal_tail(unit: str, lines: int = 10) -> list[str]:
@@ -138,17 +157,11 @@ class Outcome:
 
 
 async def apply(root: str, host: str, profile: str, planned: list[RenderedFile], *, force: bool = False,
-                timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None,
-                systemd_factory=None) -> Outcome:
+                timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None) -> Outcome:
     """Install `planned` under `root` and, when root is '/', bring it up through systemd."""
     record = Record.read(root)
     changes = compare(root, planned, record, force)
-    live = os.path.realpath(root) == "/"
-    manager = None
-    if live:
-        from .systemd import Systemd  # D-Bus only where it is used: render/validate need no bus
-        manager = (systemd_factory or Systemd)()
-    try:
+    with _systemd(root) as manager:
         if manager is not None and changes.removed:
             # Stop what goes away while systemd still knows its unit files.
             gone = _instance_units(changes.removed)
@@ -170,14 +183,10 @@ async def apply(root: str, host: str, profile: str, planned: list[RenderedFile],
         await manager.enable([TARGET])
         await _bring_up(manager, planned, changes, outcome, timeout, progress)
         return outcome
-    finally:
-        if manager is not None:
-            manager.close()
 
 
 async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outcome: Outcome,
                     timeout: float, progress: Callable[[str], None]) -> None:
-    names = _instance_units(item.path for item in planned)
     wanted_by_target = _target_wants(planned)
     changed = set(changes.changed)
     # A changed unit that runs gets restarted (try-restart: a dormant agent stays dormant).
@@ -200,7 +209,7 @@ async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outc
     results = await manager.run_jobs("start", sockets + services, timeout=timeout, on_done=on_done)
     await manager.run_jobs("start", [TARGET], timeout=timeout)
     outcome.started = results
-    states = await manager.states(names)
+    states = await manager.states(list(results))
     for unit, result in results.items():
         state = states.get(unit)
         if result != "done" or (state and state.active_state == "failed"):
@@ -228,30 +237,21 @@ def _target_wants(planned: list[RenderedFile]) -> list[str]:
     return [line.split("=", 1)[1] for line in target.text.splitlines() if line.startswith("Wants=")]
 
 
-async def remove(root: str, *, timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None,
-                 systemd_factory=None) -> list[str]:
+async def remove(root: str, *, timeout: float = 120.0,
+                 progress: Callable[[str], None] = lambda line: None) -> list[str]:
     """Stop, disable and delete everything agentkit installed under root."""
     record = Record.read(root)
     names = sorted(record.files)
     if not names:
         return []
-    live = os.path.realpath(root) == "/"
-    manager = None
-    if live:
-        from .systemd import Systemd
-        manager = (systemd_factory or Systemd)()
-    try:
+    with _systemd(root) as manager:
         if manager is not None:
             units = _instance_units(names)
             progress(f"stopping {len(units)} unit(s)")
             await manager.run_jobs("stop", units, timeout=timeout)
             await manager.disable([TARGET])
         unit_dir = os.path.join(root, UNIT_DIR)
-        for name in names + [f"multi-user.target.wants/{TARGET}"]:
-            try:
-                os.unlink(os.path.join(unit_dir, name))
-            except FileNotFoundError:
-                pass
+        _unlink(os.path.join(unit_dir, name) for name in names + [f"multi-user.target.wants/{TARGET}"])
         os.unlink(os.path.join(root, RECORD))
         if manager is not None:
             await manager.reload()
@@ -259,9 +259,6 @@ async def remove(root: str, *, timeout: float = 120.0, progress: Callable[[str],
                 await manager.reset_failed(name)
         progress(f"removed {len(names)} unit file(s)")
         return names
-    finally:
-        if manager is not None:
-            manager.close()
 
 
 def run(coroutine):
