@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import difflib
 import gc
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any, Callable
 from . import values
 from .errors import ManifestError, Problem
 from .graph import find_cycles
-from .model import Agent, Host, Location, Manifest, Profile, Restart, Slice
+from .model import Agent, Host, Location, Manifest, Profile, Restart, RouterSpec, Slice
 from .yamlsrc import INVALID, Document, dotted, load as load_yaml
 
 FLEET_FILE = "fleet.yaml"
@@ -259,7 +260,107 @@ AGENT_SETTINGS: dict[str, Setting] = {
 # Settings that only mean something for an on-demand agent.
 OPTIONAL_ONLY = ("activation", "private_port", "idle_stop")
 
-FLEET_KEYS = ("name", "hosts", "defaults", "slices", "profiles", "default_profile", "private_port_offset")
+# --- the router section: every setting once, with the agentkit-router flag it becomes ---
+
+def _url(value: Any) -> str:
+    text = _text(value)
+    scheme, sep, rest = text.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") or " " in text:
+        raise ValueError(f"expected an http:// or https:// URL such as http://127.0.0.1:8080/v1, got {_show(value)}")
+    return text.rstrip("/")
+
+
+def _model_name(value: Any) -> str:
+    text = _text(value)
+    if not text or text.startswith("-") or " " in text:
+        raise ValueError(f"expected a model name (no spaces, not starting with '-'), got {_show(value)}")
+    return text
+
+
+def _whole(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {_show(value)}")
+        return value
+    return parse
+
+
+def _fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {_show(value)}")
+    return float(value)
+
+
+def _size(value: Any) -> int:
+    return values.parse_size(value)  # type: ignore[return-value]
+
+
+def _bind(value: Any) -> str:
+    text = _text(value)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"expected an IP address to listen on, such as 0.0.0.0 or 127.0.0.1, got {_show(value)}") from None
+    return text
+
+
+@dataclass(frozen=True)
+class RouterSetting:
+    parse: Callable[[Any], Any]
+    default: Any  # None: not passed (the router's own default), REQUIRED: must be given
+    flag: str | None  # the agentkit-router option it becomes; None: used by the unit itself
+    help: str
+
+
+REQUIRED = object()
+
+
+def router_flag_value(key: str, value: Any) -> str:
+    """A router setting as its agentkit-router option's text."""
+    parse = ROUTER_SETTINGS[key].parse
+    if parse is _size:
+        return values.format_size(value)
+    if parse is _span:
+        return values.format_span(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+ROUTER_SETTINGS: dict[str, RouterSetting] = {
+    "host": RouterSetting(_text, REQUIRED, None, "the host the router runs on (a key of hosts:)"),
+    "port": RouterSetting(_port, 8090, None, "the HTTP port: OpenAI API, /v1/route, /health, /metrics"),
+    "bind": RouterSetting(_bind, "0.0.0.0", None, "the address to listen on"),
+    "local.url": RouterSetting(_url, REQUIRED, "--local-url", "the local backend's OpenAI base URL"),
+    "local.model": RouterSetting(_model_name, REQUIRED, "--local-model", "the local model"),
+    "local.context_window": RouterSetting(_whole(1, 10_000_000), 8192, "--local-context-window",
+                                          "tokens the local model takes, prompt and answer"),
+    "local.kv_cache_per_token": RouterSetting(_size, 128 << 10, "--local-kv-per-token",
+                                              "GPU memory one token of KV cache takes (fp16 13B: about 800K)"),
+    "local.max_inflight": RouterSetting(_whole(1, 100_000), 4, "--local-max-inflight",
+                                        "local requests in flight before new ones overflow to the cloud"),
+    "small.model": RouterSetting(_model_name, None, "--small-model",
+                                 "a smaller local model for when the cloud is down and memory is short"),
+    "small.context_window": RouterSetting(_whole(1, 10_000_000), None, "--small-context-window", "its window"),
+    "small.kv_cache_per_token": RouterSetting(_size, None, "--small-kv-per-token", "its KV cache per token"),
+    "cloud.url": RouterSetting(_url, REQUIRED, "--cloud-url", "the cloud backend's OpenAI base URL"),
+    "cloud.model": RouterSetting(_model_name, REQUIRED, "--cloud-model", "the cloud model"),
+    "cloud.api_key_file": RouterSetting(_abs_path, None, None,
+                                        "the file holding the cloud key, passed with LoadCredential="),
+    "threshold": RouterSetting(_fraction, 0.7, "--threshold", "complexity from which work goes to the cloud"),
+    "gpu.device": RouterSetting(_whole(0, 63), 0, "--gpu-device", "NVML index of the local model's GPU"),
+    "gpu.reserve": RouterSetting(_size, 512 << 20, "--gpu-reserve", "GPU memory kept free"),
+    "gpu.capacity": RouterSetting(_size, 8 << 30, "--gpu-capacity", "free GPU memory assumed without NVML"),
+    "gpu.interval": RouterSetting(_span, 250_000, "--gpu-interval", "NVML sampling period"),
+    "gpu.stale_after": RouterSetting(_span, 2_000_000, "--gpu-stale-after", "an older GPU snapshot counts as unknown"),
+    "timeout": RouterSetting(_span, 60_000_000, "--timeout", "a request's deadline to its first byte, retries included"),
+    "max_request_size": RouterSetting(_size, 1 << 20, "--max-request-size", "larger request bodies get a 413"),
+    "memory_max": RouterSetting(_memory, 1 << 30, None, "MemoryMax= of the router's unit"),
+}
+
+
+FLEET_KEYS = ("name", "hosts", "defaults", "slices", "profiles", "default_profile", "private_port_offset",
+              "router")
 HOST_KEYS = ("address", "environment", "ports")
 GROUP_KEYS = ("group", "host", "defaults", "agents")
 SLICE_KEYS = ("description", "memory_max", "cpu_weight")
@@ -405,11 +506,62 @@ def _load(root: str) -> Manifest:
     if default_profile is not INVALID and default_profile not in profiles:
         check.add(fleet_doc, ("default_profile",), f"unknown profile {default_profile!r} (profiles: {', '.join(profiles)})")
 
-    _check_fleet(check, agents, declared, hosts, docs)
+    router = _read_router(check, fleet_doc, fleet, hosts)
+    _check_fleet(check, agents, declared, hosts, docs, router)
     if check.problems:
         raise ManifestError(check.problems)
     return Manifest(root=root, name=name, hosts=hosts, agents=agents, slices=slices,
-                    profiles=profiles, default_profile=default_profile)
+                    profiles=profiles, default_profile=default_profile, router=router)
+
+
+def _read_router(check: _Checker, doc: Document, fleet: dict, hosts: dict[str, Host]) -> RouterSpec | None:
+    if fleet.get("router") is None:
+        return None
+    raw = check.mapping(doc, ("router",), fleet.get("router"), "the router's settings")
+    sections = {key.split(".")[0] for key in ROUTER_SETTINGS if "." in key}
+    check.known_keys(doc, ("router",), raw, [k for k in ROUTER_SETTINGS if "." not in k] + sorted(sections))
+    flat: dict[str, tuple[Any, tuple]] = {}
+    for key, value in raw.items():
+        if key in sections:
+            sub = check.mapping(doc, ("router", key), value, f"the router's {key} settings")
+            known = [k.split(".", 1)[1] for k in ROUTER_SETTINGS if k.startswith(key + ".")]
+            check.known_keys(doc, ("router", key), sub, known)
+            for subkey, subvalue in sub.items():
+                if subkey in known:
+                    flat[f"{key}.{subkey}"] = (subvalue, ("router", key, subkey))
+        elif key in ROUTER_SETTINGS:
+            flat[key] = (value, ("router", key))
+    settings: dict[str, Any] = {}
+    ok = True
+    for key, setting in ROUTER_SETTINGS.items():
+        if key not in flat:
+            if setting.default is REQUIRED:
+                section, _, name = key.rpartition(".")
+                check.add(doc, ("router",) + ((section,) if section else ()), f"missing {name}: {setting.help}")
+                ok = False
+            elif setting.default is not None:
+                settings[key] = setting.default
+            continue
+        value, path = flat[key]
+        parsed = check.parse(doc, path, value, setting.parse)
+        if parsed is _INVALID:
+            ok = False
+            continue
+        settings[key] = parsed
+    if "small.model" not in settings:
+        for key in ("small.context_window", "small.kv_cache_per_token"):
+            if key in flat:
+                check.add(doc, flat[key][1], "set small.model too, or leave the small model out")
+                ok = False
+    host = settings.get("host")
+    if host is not None and host not in hosts:
+        check.add(doc, ("router", "host"), f"unknown host {host!r} (hosts: {', '.join(hosts)})")
+        ok = False
+    if not ok:
+        return None
+    return RouterSpec(host=settings.pop("host"), port=settings.pop("port"), bind=settings.pop("bind"),
+                      api_key_file=settings.pop("cloud.api_key_file", None), memory_max=settings.pop("memory_max"),
+                      settings=tuple(settings.items()), where=Location(doc.file, doc.line(("router",))))
 
 
 def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
@@ -610,7 +762,7 @@ def _suggest(name: str, known) -> str:
 
 
 def _check_fleet(check: _Checker, agents: dict[str, Agent], declared: dict[str, Location],
-                 hosts: dict[str, Host], docs: dict[str, Document]) -> None:
+                 hosts: dict[str, Host], docs: dict[str, Document], router: RouterSpec | None = None) -> None:
     """Checks across agents: ports, dependencies, cycles, unit names, start limits."""
     by_file = {doc.file: doc for doc in docs.values()}
 
@@ -622,6 +774,8 @@ def _check_fleet(check: _Checker, agents: dict[str, Agent], declared: dict[str, 
     for host in hosts.values():
         for service, port in host.ports:
             owners.setdefault((host.name, port), f"the fleet service {service} (hosts.{host.name}.ports.{service})")
+    if router is not None:
+        owners.setdefault((router.host, router.port), "the router (router.port)")
     for agent in agents.values():
         for key, port in (("port", agent.port), ("health_port", agent.health_port), ("private_port", agent.private_port)):
             if port is None:

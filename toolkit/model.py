@@ -70,6 +70,19 @@ class Host:
 
 
 @dataclass(frozen=True)
+class RouterSpec:
+    """The manifest's router section: where agentkit-router runs, and its settings."""
+
+    host: str
+    port: int
+    bind: str
+    api_key_file: str | None  # LoadCredential= source of the cloud key
+    memory_max: int | str
+    settings: tuple[tuple[str, object], ...]  # dotted manifest key -> value, for the router's flags
+    where: Location = field(compare=False)
+
+
+@dataclass(frozen=True)
 class Slice:
     name: str
     description: str
@@ -95,6 +108,7 @@ class Manifest:
     slices: dict[str, Slice]
     profiles: dict[str, Profile]
     default_profile: str
+    router: RouterSpec | None = None
 
     def on_host(self, host: str) -> list[Agent]:
         return [a for a in self.agents.values() if a.host == host]

@@ -16,12 +16,14 @@ import jinja2
 
 from . import escape, graph, values
 from .errors import AgentkitError
-from .manifest import UNIT_PREFIX
+from .manifest import ROUTER_SETTINGS, UNIT_PREFIX, router_flag_value
 from .model import Agent, Manifest
 
 SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 TARGET = "agentkit.target"
-REARM = "agentkit-rearm@"  # template units that make a failed socket listen again
+REARM = "agentkit-rearm@"
+ROUTER_UNIT = "agentkit-router.service"
+ROUTER_PROGRAM = "agentkit-router"  # template units that make a failed socket listen again
 PACKAGED_TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
@@ -82,6 +84,16 @@ def resolve_command(command: tuple[str, ...], bin_dir: str) -> tuple[str, ...]:
     return (os.path.join(bin_dir, program),) + command[1:]
 
 
+def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
+    """agentkit-router's argv, in groups: the program and --listen, then one option per router setting."""
+    groups = [(os.path.join(bin_dir, ROUTER_PROGRAM), "--listen", f"{router.bind}:{router.port}")]
+    for key, value in router.settings:
+        flag = ROUTER_SETTINGS[key].flag
+        if flag is not None:
+            groups.append((flag, router_flag_value(key, value)))
+    return groups
+
+
 def agent_environment(manifest: Manifest, agent: Agent) -> list[tuple[str, str]]:
     """What agentkit tells every agent about itself, then the manifest's own variables."""
     env = [("AGENTKIT_AGENT", agent.name), ("AGENTKIT_HOST", agent.host), ("AGENTKIT_PORT", str(agent.port))]
@@ -120,6 +132,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
         slice_t = env.get_template("agentkit.slice.j2")
         rearm_timer_t = env.get_template("agentkit-rearm@.timer.j2")
         rearm_service_t = env.get_template("agentkit-rearm@.service.j2")
+        router_t = env.get_template("router.service.j2")
     except jinja2.TemplateError as exc:
         raise AgentkitError(f"template: {exc}") from exc
 
@@ -159,9 +172,16 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
         for name in used_slices:
             files.append(RenderedFile(slice_unit(name), slice_t.render(
                 slice=manifest.slices[name], name=manifest.name, host=host)))
+        router = manifest.router if manifest.router is not None and manifest.router.host == host else None
+        if router is not None:
+            files.append(RenderedFile(ROUTER_UNIT, router_t.render(
+                router=router, agent={"user": None}, source=os.path.basename(router.where.file), target=TARGET,
+                slice="agentkit.slice", command=" \\\n    ".join(escape.systemd_exec(g) for g in router_command(router, bin_dir)),
+                local_model=dict(router.settings)["local.model"], cloud_model=dict(router.settings)["cloud.model"],
+            )))
         files.append(RenderedFile(TARGET, target_t.render(
             name=manifest.name, host=host, profile=profile_name,
-            services=[unit(a) for a in agents if a.essential],
+            services=[unit(a) for a in agents if a.essential] + ([ROUTER_UNIT] if router is not None else []),
             sockets=[socket_unit(a) for a in agents if a.optional],
         )))
     except jinja2.TemplateError as exc:

@@ -1,0 +1,1 @@
+"""agentkit-router: the GPU-aware LLM router (decision, GPU sampler, HTTP gateway)."""
