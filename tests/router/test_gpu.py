@@ -16,6 +16,7 @@ import time
 import pytest
 
 from agentkit.router.gpu import GpuSampler
+from .conftest import fail_or_skip
 from .nvml import FakeGpu, build_fake_nvml
 
 MIB = 1024 * 1024
@@ -106,26 +107,6 @@ class Driver:
                 self.process.wait(timeout=5)
         self.process.stdout.close()
         self.process.stderr.close()
-
-
-def _fail_or_skip(message: str):
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="session")
-def fake_nvml_dir(tmp_path_factory):
-    """A directory holding the stand-in libnvidia-ml.so.1, built once per session."""
-    try:
-        return build_fake_nvml(tmp_path_factory.mktemp("fake-nvml"))
-    except RuntimeError as error:
-        _fail_or_skip(str(error))
-
-
-@pytest.fixture
-def fake_gpu(fake_nvml_dir, tmp_path):
-    return FakeGpu(tmp_path / "nvml-state", fake_nvml_dir)
 
 
 @pytest.fixture
@@ -303,7 +284,7 @@ def test_falls_back_to_memory_info_v1_on_old_drivers(tmp_path, start_driver):
     try:
         lib_dir = build_fake_nvml(tmp_path / "old-driver", without_memory_info_v2=True)
     except RuntimeError as error:
-        _fail_or_skip(str(error))
+        fail_or_skip(str(error))
     gpu = FakeGpu(tmp_path / "state", lib_dir)
     gpu.set(("old", 8192, 6000))
     driver = start_driver(_env(**gpu.environ()))
