@@ -35,10 +35,11 @@ def bin_dir(tmp_path):
     """A stand-in for the hosts' agentkit bin directory.
 
     systemd-analyze verify checks that every ExecStart= program exists. The
-    reference agent is not installed on the test machine, so the bin dir holds
-    a link to a real interpreter under its name.
+    reference agent and the router are not installed on the test machine, so the
+    bin dir holds links to a real interpreter under their names.
     """
     directory = tmp_path / "bin"
     directory.mkdir()
-    (directory / "agentkit-agent").symlink_to(os.path.realpath("/usr/bin/python3"))
+    for program in ("agentkit-agent", "agentkit-router"):
+        (directory / program).symlink_to(os.path.realpath("/usr/bin/python3"))
     return str(directory)

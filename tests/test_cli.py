@@ -30,7 +30,7 @@ def test_render_writes_one_directory_per_host_and_diff_sees_no_change(tmp_path):
     result = run("render", "--out", tmp_path / "build", *BIN)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"{tmp_path}/build/mainpc/: 55 services, 3 slices, 39 sockets, 1 target, 2 templates",
+        f"{tmp_path}/build/mainpc/: 56 services, 3 slices, 39 sockets, 1 target, 2 templates",
         f"{tmp_path}/build/pc2/: 22 services, 3 slices, 14 sockets, 1 target, 2 templates",
     ]
     same = run("diff", tmp_path / "build", *BIN)

@@ -127,7 +127,7 @@ def test_unknown_top_level_keys_in_fleet_file(problems):
         """)) == [
         "agents/fleet.yaml:4: profile: unknown key (did you mean 'profiles'?)",
         "agents/fleet.yaml:5: zzz: unknown key (known: name, hosts, defaults, slices, profiles, "
-        "default_profile, private_port_offset)",
+        "default_profile, private_port_offset, router)",
     ]
 
 
@@ -876,7 +876,7 @@ def test_problems_in_several_files_are_reported_together_sorted_by_file_and_line
         "agents/b.yaml:9: agents.C.port: expected a port number from 1 to 65535, got 'x'",
         "agents/c.yaml:2: invalid YAML: while parsing a flow node, did not find expected node content",
         "agents/fleet.yaml:4: zzz: unknown key (known: name, hosts, defaults, slices, profiles, "
-        "default_profile, private_port_offset)",
+        "default_profile, private_port_offset, router)",
         "agents/fleet.yaml:5: default_profile: unknown profile 'nope' (profiles: full)",
     ]
 
@@ -1038,3 +1038,57 @@ def test_two_fleet_ports_on_one_host_clash(problems):
               log: 7000
         """) == ["agents/fleet.yaml:5: hosts.alpha.ports.log: 7000 is also used on alpha by the fleet "
                  "service bus (hosts.alpha.ports.bus)"]
+
+
+# --- the router section ---------------------------------------------------------------------
+
+ROUTER = """\
+router:
+  host: alpha
+  local: {url: "http://127.0.0.1:8080/v1", model: small-8b}
+  cloud: {url: "https://api.example.com/v1", model: big}
+"""
+
+
+def test_a_router_section_loads_with_its_defaults(workdir):
+    m = manifest.load(write_manifest(workdir, fleet=fleet(ROUTER)))
+    assert (m.router.host, m.router.port, m.router.bind, m.router.api_key_file) == ("alpha", 8090, "0.0.0.0", None)
+    settings = dict(m.router.settings)
+    assert settings["local.url"] == "http://127.0.0.1:8080/v1" and settings["threshold"] == 0.7
+    assert settings["gpu.interval"] == 250_000 and "small.model" not in settings
+
+
+@pytest.mark.parametrize("section, expected", [
+    ("router: {host: gamma}\n", [
+        "agents/fleet.yaml:4: router.cloud: missing model: the cloud model",
+        "agents/fleet.yaml:4: router.cloud: missing url: the cloud backend's OpenAI base URL",
+        "agents/fleet.yaml:4: router.host: unknown host 'gamma' (hosts: alpha, beta)",
+        "agents/fleet.yaml:4: router.local: missing model: the local model",
+        "agents/fleet.yaml:4: router.local: missing url: the local backend's OpenAI base URL"]),
+    (ROUTER + "  treshold: 0.5\n", ["agents/fleet.yaml:8: router.treshold: unknown key (did you mean 'threshold'?)"]),
+    (ROUTER + "  threshold: 2\n", ["agents/fleet.yaml:8: router.threshold: expected a number from 0 to 1, got 2"]),
+    (ROUTER + "  gpu: {reserve: lots}\n",
+     ["agents/fleet.yaml:8: router.gpu.reserve: 'lots' is not a size systemd understands (try '512M' or '4G')"]),
+    (ROUTER + "  gpu: {vram: 1G}\n",
+     ["agents/fleet.yaml:8: router.gpu.vram: unknown key (known: device, reserve, capacity, interval, stale_after)"]),
+    (ROUTER.replace('"http://127.0.0.1:8080/v1"', "localhost:8080"),
+     ["agents/fleet.yaml:6: router.local.url: expected an http:// or https:// URL such as http://127.0.0.1:8080/v1, "
+      "got 'localhost:8080'"]),
+    (ROUTER + "  bind: everywhere\n",
+     ["agents/fleet.yaml:8: router.bind: expected an IP address to listen on, such as 0.0.0.0 or 127.0.0.1, "
+      "got 'everywhere'"]),
+    (ROUTER + "  small: {kv_cache_per_token: 64K}\n",
+     ["agents/fleet.yaml:8: router.small.kv_cache_per_token: set small.model too, or leave the small model out"]),
+    (ROUTER.replace("big}", "big, api_key_file: key.txt}"),
+     ["agents/fleet.yaml:7: router.cloud.api_key_file: expected an absolute path without spaces, got 'key.txt'"]),
+    (ROUTER + "  local_url: x\n", ["agents/fleet.yaml:8: router.local_url: unknown key (did you mean 'local'?)"]),
+    ("router: [1]\n", ["agents/fleet.yaml:4: router: expected the router's settings (a mapping), got a list"]),
+])
+def test_router_section_problems(workdir, section, expected):
+    assert problems_in(write_manifest(workdir, fleet=fleet(section))) == expected
+
+
+def test_the_router_port_clashes_with_an_agent_port(workdir):
+    root = write_manifest(workdir, {"a.yaml": "agents:\n  A: {host: alpha, port: 8090, command: [/bin/true]}\n"},
+                          fleet=fleet(ROUTER))
+    assert problems_in(root) == ["agents/a.yaml:2: agents.A.port: 8090 is also used on alpha by the router (router.port)"]

@@ -232,7 +232,19 @@ def _model_json(m: Manifest, agents, profile) -> dict:
         "agents": [agent_json(a) for a in agents],
         "cross_host": [{"agent": a.name, "depends_on": d.name, "address": f"{m.hosts[d.host].address}:{d.port}"}
                        for a, d in graph.cross_host(m)],
+        "router": _router_json(m.router),
     }
+
+
+def _router_json(router) -> dict | None:
+    if router is None:
+        return None
+    data = {"host": router.host, "port": router.port, "bind": router.bind, "api_key_file": router.api_key_file,
+            "memory_max": values.format_size(router.memory_max), "where": str(router.where)}
+    for key, value in router.settings:
+        text = manifest_mod.router_flag_value(key, value)  # sizes and spans as written in the manifest
+        data[key] = text if text != str(value) else value
+    return data
 
 
 @cli.command("graph")

@@ -518,6 +518,8 @@ def _read_router(check: _Checker, doc: Document, fleet: dict, hosts: dict[str, H
     if fleet.get("router") is None:
         return None
     raw = check.mapping(doc, ("router",), fleet.get("router"), "the router's settings")
+    if not isinstance(fleet.get("router"), dict):
+        return None  # reported by mapping()
     sections = {key.split(".")[0] for key in ROUTER_SETTINGS if "." in key}
     check.known_keys(doc, ("router",), raw, [k for k in ROUTER_SETTINGS if "." not in k] + sorted(sections))
     flat: dict[str, tuple[Any, tuple]] = {}

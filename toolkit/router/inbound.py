@@ -143,9 +143,16 @@ def _messages_chars(messages: Any) -> int:
         if isinstance(content, str):
             total += len(content)
         elif isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    total += len(part["text"])
+            for number, part in enumerate(content):
+                where = f"messages[{index}].content[{number}]"
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise RequestError(f"{where} must be an object with a type, such as "
+                                       "{\"type\": \"text\", \"text\": \"...\"}", where)
+                text = part.get("text")
+                if isinstance(text, str):
+                    total += len(text)
+                elif part["type"] == "text":
+                    raise RequestError(f"{where}.text must be text, got {_kind(text)}", f"{where}.text")
         elif content is not None:
             raise RequestError(f"messages[{index}].content must be text, an array of parts or null, got {_kind(content)}",
                                f"messages[{index}].content")

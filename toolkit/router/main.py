@@ -75,11 +75,13 @@ def _listen(text: str) -> tuple[str, int]:
 @click.option("--gpu-interval", type=Span(), default="250ms", help="NVML sampling period")
 @click.option("--gpu-stale-after", type=Span(), default="2s", help="an older snapshot counts as unknown")
 @click.option("--timeout", type=Span(), default="60s", help="a request's deadline to its first byte, retries included")
+@click.option("--attempt-timeout", type=Span(), default="30s",
+              help="one backend's time to answer (or start a stream) before the request fails over")
 @click.option("--connect-timeout", type=Span(), default="2s")
 @click.option("--max-request-size", type=Size(), default="1M", help="larger request bodies get a 413")
 @click.option("--breaker-failures", type=click.IntRange(1), default=3, help="failures in a row that open a circuit")
 @click.option("--breaker-open", type=Span(), default="2s", help="how long an open circuit waits before half-open")
-@click.option("--probe-interval", type=Span(), default="500ms", help="health probes of a backend whose circuit is open")
+@click.option("--probe-interval", type=Span(), default="500ms", help="health probes of a backend whose circuit is open (x10 when traffic is quiet)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def main(**opts) -> None:
     """The GPU-aware LLM router: OpenAI-compatible, local or cloud per request."""
@@ -100,7 +102,7 @@ def main(**opts) -> None:
                             max_inflight=opts["local_max_inflight"], gpu_reserve=opts["gpu_reserve"],
                             gpu_capacity=opts["gpu_capacity"]),
         local_url=opts["local_url"], cloud_url=opts["cloud_url"], cloud_api_key=key, gpu_device=opts["gpu_device"],
-        timeout=opts["timeout"], connect_timeout=opts["connect_timeout"], max_request_bytes=opts["max_request_size"],
+        timeout=opts["timeout"], attempt_timeout=opts["attempt_timeout"], connect_timeout=opts["connect_timeout"], max_request_bytes=opts["max_request_size"],
         breaker_failures=opts["breaker_failures"], breaker_open_for=opts["breaker_open"],
         probe_interval=opts["probe_interval"],
     )
@@ -132,7 +134,7 @@ async def serve(settings: Settings, host: str, port: int, gpu_interval: float, g
         try:
             await site.start()
         except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", host, port, exc.strerror)
+            log.error("cannot listen on %s:%d: %s", host, port, os.strerror(exc.errno) if exc.errno else exc)
             return 1
         log.info("listening on http://%s:%d (local %s %s, cloud %s %s, cloud key %s)", host, port,
                  settings.local_url, settings.policy.local.name, settings.cloud_url, settings.policy.cloud_model,

@@ -48,7 +48,8 @@ class Settings:
     cloud_url: str
     cloud_api_key: str | None = None
     gpu_device: int = 0
-    timeout: float = 60.0  # a request's deadline to its first byte
+    timeout: float = 60.0  # a request's deadline to its first byte, retries included
+    attempt_timeout: float = 30.0  # one backend's time to answer (or start streaming) before failing over
     connect_timeout: float = 2.0
     stream_idle_timeout: float = 60.0
     max_request_bytes: int = 1 << 20
@@ -120,9 +121,9 @@ class Router:
             await self.session.close()
 
     async def _probe_loop(self) -> None:
-        """Cheap probes (GET /models): often while a circuit is open, now and then while traffic is quiet."""
+        """Cheap probes (GET /models): every interval while a circuit is open, every ten when traffic is quiet."""
         interval = self.settings.probe_interval
-        idle_every = max(interval * 10, 5.0)
+        idle_every = interval * 10
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
@@ -255,16 +256,18 @@ class Router:
         if backend == LOCAL:
             self.view.local_inflight += 1
             self.view.local_reserved += reserved
-        remaining = max(0.001, deadline - time.monotonic())
+        remaining = max(0.001, min(deadline - time.monotonic(), self.settings.attempt_timeout))
         timeout = aiohttp.ClientTimeout(total=None if stream else remaining,
                                         connect=min(remaining, self.settings.connect_timeout),
-                                        sock_read=remaining)
+                                        sock_read=None if stream else remaining)
         headers = {"X-Agentkit-Backend": backend, "X-Agentkit-Model": decision.model,
                    "X-Agentkit-Reason": decision.reason, "X-Agentkit-Score": f"{decision.score:.3f}"}
         try:
             try:
-                resp = await self.session.post(self.urls[backend] + path, data=inbound.forwarded(body, decision.model),
-                                               headers=self._headers[backend], timeout=timeout)
+                posting = self.session.post(self.urls[backend] + path, data=inbound.forwarded(body, decision.model),
+                                            headers=self._headers[backend], timeout=timeout)
+                # A stream has no total timeout: bound the wait for its headers here.
+                resp = await (asyncio.wait_for(posting, remaining) if stream else posting)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 return _cause(exc), f"{backend}: {_describe(exc)}", 0.0
             async with resp:
@@ -283,21 +286,21 @@ class Router:
                     out = web.Response(body=data, status=resp.status, headers=headers)
                     self._done(endpoint, backend, resp.status, started)
                     return out
-                return await self._stream(request, resp, endpoint, backend, headers, started)
+                return await self._stream(request, resp, endpoint, backend, headers, started, remaining)
         finally:
             self.inflight[backend] -= 1
             if backend == LOCAL:
                 self.view.local_inflight -= 1
                 self.view.local_reserved -= reserved
 
-    async def _stream(self, request, resp, endpoint, backend, headers, started):
+    async def _stream(self, request, resp, endpoint, backend, headers, started, first_wait):
         """Pass a 200 stream through; from the first byte on there is no going back."""
         headers["Cache-Control"] = "no-cache"
         out = web.StreamResponse(status=200, headers=headers)
         idle = self.settings.stream_idle_timeout
         chunks = resp.content.iter_any()
         try:
-            first = await asyncio.wait_for(chunks.__anext__(), idle)
+            first = await asyncio.wait_for(chunks.__anext__(), first_wait)
         except StopAsyncIteration:
             first = b""
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
