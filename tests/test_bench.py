@@ -16,3 +16,23 @@ def test_render_benchmark_runs_on_a_small_generated_fleet():
     assert [r["agents"] for r in results] == [77, 300]
     assert results[0]["files"] == 143  # 77 services, the router, 53 sockets, 2 targets, 6 slices, 2 x 2 re-arm templates
     assert all(r["total_s"]["median"] > 0 for r in results)
+
+
+def test_router_decision_benchmark_runs():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "router_decision.py"), "--decisions", "20000",
+                             "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    assert results["decide"]["decisions"] == results["select_backend"]["decisions"] == 20000
+    assert results["select_backend"]["per_second"] > 0
+
+
+def test_router_failover_benchmark_runs():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "router_failover.py"), "--rounds", "1",
+                             "--rate", "50", "--before", "0.3", "--after", "0.5", "--modes", "down,error",
+                             "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)["summary"]
+    assert [(s["failing"], s["mode"]) for s in summary] == [("cloud", "down"), ("cloud", "error"),
+                                                             ("local", "down"), ("local", "error")]
+    assert all(s["requests"] == 40 for s in summary)
