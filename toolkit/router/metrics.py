@@ -40,6 +40,7 @@ class Metrics:
         self.request_seconds = {(e, b): request_seconds.labels(e, b) for e in ENDPOINTS for b in BACKENDS}
         self.responses = Counter("agentkit_router_responses", "Responses by endpoint, backend and HTTP status",
                                  ["endpoint", "backend", "code"], registry=registry)
+        self._responses: dict[tuple[str, str, int], object] = {}
         failovers = Counter("agentkit_router_failovers", "Requests moved to the other backend after a failure",
                             ["from_backend", "to_backend"], registry=registry)
         self.failovers = {(a, b): failovers.labels(a, b) for a in BACKENDS for b in BACKENDS if a != b}
@@ -51,6 +52,14 @@ class Metrics:
         self.rejected = Counter("agentkit_router_rejected_requests", "Requests refused with a 4xx before routing",
                                 ["code"], registry=registry)
         registry.register(_Live(router))
+
+    def response(self, endpoint: str, backend: str, status: int):
+        """The responses counter's child for these labels, made once."""
+        key = (endpoint, backend, status)
+        child = self._responses.get(key)
+        if child is None:
+            child = self._responses[key] = self.responses.labels(endpoint, backend, str(status))
+        return child
 
     def expose(self) -> bytes:
         return generate_latest(self.registry)

@@ -106,7 +106,9 @@ class Router:
 
     async def start(self, app: web.Application) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ttl_dns_cache=60)
+        # No cookies, no redirects: a gateway passes answers through (both cost per request in aiohttp).
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                             cookie_jar=aiohttp.DummyCookieJar(),
                                              timeout=aiohttp.ClientTimeout(total=None))
         self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
 
@@ -259,13 +261,13 @@ class Router:
         remaining = max(0.001, min(deadline - time.monotonic(), self.settings.attempt_timeout))
         timeout = aiohttp.ClientTimeout(total=None if stream else remaining,
                                         connect=min(remaining, self.settings.connect_timeout),
-                                        sock_read=None if stream else remaining)
+                                        sock_read=self.settings.stream_idle_timeout if stream else remaining)
         headers = {"X-Agentkit-Backend": backend, "X-Agentkit-Model": decision.model,
                    "X-Agentkit-Reason": decision.reason, "X-Agentkit-Score": f"{decision.score:.3f}"}
         try:
             try:
                 posting = self.session.post(self.urls[backend] + path, data=inbound.forwarded(body, decision.model),
-                                            headers=self._headers[backend], timeout=timeout)
+                                            headers=self._headers[backend], timeout=timeout, allow_redirects=False)
                 # A stream has no total timeout: bound the wait for its headers here.
                 resp = await (asyncio.wait_for(posting, remaining) if stream else posting)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
@@ -297,7 +299,6 @@ class Router:
         """Pass a 200 stream through; from the first byte on there is no going back."""
         headers["Cache-Control"] = "no-cache"
         out = web.StreamResponse(status=200, headers=headers)
-        idle = self.settings.stream_idle_timeout
         chunks = resp.content.iter_any()
         try:
             first = await asyncio.wait_for(chunks.__anext__(), first_wait)
@@ -309,11 +310,8 @@ class Router:
         try:
             if first:
                 await out.write(first)
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(chunks.__anext__(), idle)
-                except StopAsyncIteration:
-                    break
+            # From here the session's sock_read (stream_idle_timeout) bounds every wait.
+            async for chunk in chunks:
                 await out.write(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             # Bytes went out already: cut the client's stream so it knows, and don't retry.
@@ -328,7 +326,7 @@ class Router:
 
     def _done(self, endpoint: str, backend: str, status: int, started: float) -> None:
         self.metrics.request_seconds[endpoint, backend].observe(time.perf_counter() - started)
-        self.metrics.responses.labels(endpoint, backend, str(status)).inc()
+        self.metrics.response(endpoint, backend, status).inc()
 
     def _unavailable(self, endpoint: str, decision: Decision, last_error: str, started: float) -> web.Response:
         self._done(endpoint, decision.backend, 503, started)
