@@ -1,0 +1,348 @@
+"""plan_supervisord(): the manifest -> supervisord.conf and activator.json for one host.
+
+For hosts whose PID 1 is not systemd (containers, WSL, CI runners): the same
+manifest runs under a per-user supervisord. Pure like render.plan(): the same
+manifest, host, profile, directories and templates give the same bytes, sorted
+by path. The only file read besides the templates is the manifest's own fleet
+file, for private_port_offset, which the Manifest does not keep.
+
+How the systemd model maps onto supervisord:
+
+- essential agent: a program with autostart=true.
+- optional agent: a program with autostart=false. supervisord has no socket
+  activation, so every optional agent runs "proxy"-like: the program
+  agentkit-activator (priority 1, started first) listens on the agent's public
+  port, starts the agent (and first its optional dependencies on this host)
+  over supervisord's XML-RPC on the first connection, forwards to the agent's
+  private address 127.0.0.1:<private port>, and stops it after idle_stop. The
+  agent is told AGENTKIT_ACTIVATION=proxy and AGENTKIT_BIND=127.0.0.1:<private
+  port>, whatever its systemd activation; the private port is private_port when
+  set (proxy agents) else port + the fleet's private_port_offset (native ones).
+- dependencies: priority= follows graph.start_order() (dependencies first,
+  100 + index), which orders supervisord's start at boot and, reversed, its
+  shutdown; the activator starts optional dependencies itself.
+- Restart= (restart.policy) -> autorestart= and exitcodes= (a death by a
+  signal is never an "expected" exit code in supervisord):
+    always                 -> autorestart=true
+    no, on-watchdog        -> autorestart=false (supervisord has no watchdog)
+    on-failure             -> autorestart=unexpected, exitcodes=0: a non-zero
+                              exit or a signal restarts, a clean exit does not
+    on-abnormal, on-abort  -> autorestart=unexpected, exitcodes=0..255: only a
+                              death by a signal restarts
+    on-success             -> autorestart=unexpected, exitcodes=1..255: a clean
+                              exit restarts, and (unlike systemd) so does a signal
+  restart.burst -> startretries= (supervisord's retries of a start that dies
+  within startsecs=1, its only notion of readiness). restart.delay and
+  restart.interval have no equivalent: supervisord backs off 1 s, 2 s, 3 s...
+  between retried starts and restarts a running program that exits at once.
+- start_timeout -> stopwaitsecs= (rounded up): the manifest has no stop
+  timeout, and the time an agent may take to load is the natural bound on the
+  time it may take to unload; systemd's stop default (90 s) would make
+  `supervisorctl stop` wait a minute and a half for a hung agent.
+- Not applied (supervisord has no cgroups nor namespaces): slices, memory_max,
+  cpu_weight, sandboxing, watchdog; user= needs a root supervisord, so it is
+  only noted in a comment.
+
+Quoting (supervisord 4): every value is %-expanded (so '%' becomes '%%'); the
+ini parser cuts a value at ';' or '#' after white space; command= is split
+with shlex in POSIX mode (single quotes); environment= is split with shlex in
+non-POSIX mode, where a quoted value cannot hold its own quote character and
+the parser strips quote characters from both ends of every value. What cannot
+be written faithfully is refused with an AgentkitError rather than mangled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import posixpath
+import re
+
+import jinja2
+
+from . import graph, render
+from .errors import AgentkitError
+from .manifest import FLEET_FILES
+from .model import Agent, Manifest
+from .yamlsrc import load as load_yaml
+
+CONF = "supervisord.conf"
+ACTIVATOR_CONFIG = "activator.json"
+ACTIVATOR = "agentkit-activator"
+SOCKET = "supervisor.sock"
+DEFAULT_PRIVATE_PORT_OFFSET = 20000  # the loader's default (manifest._load)
+PRIORITY_BASE = 100  # the activator is 1: it starts first and stops last
+
+_EVERY_EXIT_CODE = ",".join(str(code) for code in range(256))
+_EVERY_FAILURE_CODE = ",".join(str(code) for code in range(1, 256))
+RESTART = {  # restart.policy -> (autorestart, exitcodes)
+    "always": ("true", "0"),
+    "no": ("false", "0"),
+    "on-watchdog": ("false", "0"),
+    "on-failure": ("unexpected", "0"),
+    "on-abnormal": ("unexpected", _EVERY_EXIT_CODE),
+    "on-abort": ("unexpected", _EVERY_EXIT_CODE),
+    "on-success": ("unexpected", _EVERY_FAILURE_CODE),
+}
+
+_INLINE_COMMENT = re.compile(r"\s[;#]")
+_SAFE_WORD = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# --- escaping for supervisord's config file --------------------------------------
+
+def ini_value(value: str, what: str) -> str:
+    """A plain value (a path, a name): '%' doubled; what the parser would cut is refused."""
+    if _CONTROL.search(value):
+        raise AgentkitError(f"{what}: {value!r} holds a control character, which supervisord.conf cannot hold")
+    if _INLINE_COMMENT.search(value):
+        raise AgentkitError(f"{what}: {value!r} cannot be written to supervisord.conf: its parser takes "
+                            "';' or '#' after white space as the start of a comment")
+    if value != value.strip():
+        raise AgentkitError(f"{what}: {value!r} cannot be written to supervisord.conf: its parser strips "
+                            "white space at either end")
+    return value.replace("%", "%%")
+
+
+def command_value(argv: list[str] | tuple[str, ...]) -> str:
+    """An argv as command=: supervisord %-expands it, then splits it with shlex.split()."""
+    words = []
+    for word in argv:
+        if _CONTROL.search(word):
+            raise AgentkitError(f"command word {word!r} holds a control character")
+        quoted = word if _SAFE_WORD.match(word) else "'" + word.replace("'", "'\"'\"'") + "'"
+        # ';' or '#' after white space would start an ini comment: close the quote
+        # just before it and open a new one, which shlex joins into the same word.
+        words.append(re.sub(r"(?<=\s)(?=[;#])", "''", quoted))
+    return " ".join(words).replace("%", "%%")
+
+
+def environment_value(pairs: list[tuple[str, str]], what: str = "environment") -> str:
+    """KEY="value",... as environment=: %-expanded, then split by non-POSIX shlex,
+    which keeps a quoted value literal (no escapes) and strips quotes off its ends."""
+    items = []
+    for name, value in pairs:
+        where = f"{what}: {name}={value!r}"
+        if _CONTROL.search(value):
+            raise AgentkitError(f"{where} holds a control character, which supervisord.conf cannot hold")
+        if _INLINE_COMMENT.search(value):
+            raise AgentkitError(f"{where} cannot be written for supervisord: its config parser takes ';' or "
+                                "'#' after white space as the start of a comment")
+        if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+            raise AgentkitError(f"{where} cannot be written for supervisord: it strips quote characters "
+                                "from both ends of every environment value")
+        if "'" in value and '"' in value:
+            raise AgentkitError(f"{where} cannot be written for supervisord: a value may hold single or "
+                                "double quotes, not both (supervisord's parser has no escapes)")
+        quote = "'" if '"' in value else '"'
+        items.append(f"{name}={quote}{value}{quote}")
+    return ",".join(items).replace("%", "%%")
+
+
+# --- the model under supervisord ------------------------------------------------
+
+def private_port_offset(manifest: Manifest) -> int:
+    """The fleet's private_port_offset. The Manifest does not keep it, so this reads
+    it from the fleet file as the loader does (default 20000)."""
+    kept = getattr(manifest, "private_port_offset", None)
+    if isinstance(kept, int) and not isinstance(kept, bool):
+        return kept
+    for name in FLEET_FILES:
+        path = os.path.join(manifest.root, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError) as exc:
+            raise AgentkitError(f"{path}: cannot read private_port_offset: {exc}") from exc
+        doc, problems = load_yaml(text, path)
+        offset = doc.data.get("private_port_offset") if isinstance(doc.data, dict) and not problems else None
+        if offset is None:
+            return DEFAULT_PRIVATE_PORT_OFFSET
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 1 <= offset <= 65535:
+            raise AgentkitError(f"{path}: private_port_offset: expected a whole number from 1 to 65535, "
+                                f"got {offset!r}")
+        return offset
+    return DEFAULT_PRIVATE_PORT_OFFSET
+
+
+def private_port(agent: Agent, offset: int) -> int:
+    """Where an optional agent listens under supervisord (the activator holds agent.port)."""
+    return agent.private_port if agent.private_port is not None else agent.port + offset
+
+
+def supervised_environment(manifest: Manifest, agent: Agent, private: int | None) -> list[tuple[str, str]]:
+    """render.agent_environment(), with every optional agent in proxy mode on its private port."""
+    env = render.agent_environment(manifest, agent)
+    if agent.essential:
+        return env  # AGENTKIT_ACTIVATION=none: the agent binds its own port
+    out = []
+    for name, value in env:  # AGENTKIT_* names are agentkit's alone (the loader refuses them)
+        if name in ("AGENTKIT_BIND", "AGENTKIT_IDLE_STOP"):
+            continue  # the activator stops an idle agent
+        if name == "AGENTKIT_ACTIVATION":
+            out.append((name, "proxy"))
+            out.append(("AGENTKIT_BIND", f"127.0.0.1:{private}"))
+            continue
+        out.append((name, value))
+    return out
+
+
+def _check_private_ports(manifest: Manifest, host: str, agents: list[Agent], offset: int) -> dict[str, int]:
+    """The private port of every optional agent; native agents' ones were never checked by the loader."""
+    owners: dict[int, str] = {}
+    for service, port in manifest.hosts[host].ports:
+        owners.setdefault(port, f"the fleet service {service}")
+    if manifest.router is not None and manifest.router.host == host:
+        owners.setdefault(manifest.router.port, "the router")
+    for agent in manifest.on_host(host):
+        for key, port in (("port", agent.port), ("health_port", agent.health_port),
+                          ("private_port", agent.private_port)):
+            if port is not None:
+                owners.setdefault(port, f"{agent.name}.{key}")
+    privates = {}
+    for agent in agents:
+        if agent.essential:
+            continue
+        port = private_port(agent, offset)
+        if agent.private_port is None:
+            how = f"port {agent.port} + private_port_offset {offset}"
+            if port > 65535:
+                raise AgentkitError(f"{agent.name}: under supervisord it listens on a private port, and {how} "
+                                    "is above 65535 (lower private_port_offset, or use activation: proxy "
+                                    "with a private_port)")
+            label = f"{agent.name} (its private port under supervisord)"
+            other = owners.setdefault(port, label)
+            if other != label:
+                raise AgentkitError(f"{agent.name}: under supervisord it listens on 127.0.0.1:{port} ({how}), "
+                                    f"which is also used on {host} by {other} (change private_port_offset, "
+                                    "or use activation: proxy with a private_port)")
+        privates[agent.name] = port
+    return privates
+
+
+def _optional_dependencies(manifest: Manifest, agent: Agent, on_host: dict[str, Agent],
+                           order: dict[str, int]) -> list[str]:
+    """The optional agents on this host that `agent` needs, transitively, dependencies first.
+    Essential ones already run; other hosts' are reached by address, not started."""
+    seen: set[str] = set()
+    todo = list(agent.depends_on)
+    while todo:
+        name = todo.pop()
+        dep = on_host.get(name)
+        if dep is None or dep.essential or name in seen:
+            continue
+        seen.add(name)
+        todo.extend(dep.depends_on)
+    return sorted(seen, key=order.__getitem__)
+
+
+def _seconds(usec: int) -> float:
+    return usec / 1_000_000
+
+
+# --- the plan -------------------------------------------------------------------
+
+def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, *, bin_dir: str,
+                     state_dir: str, templates: str | None = None) -> list[render.RenderedFile]:
+    """supervisord.conf and activator.json for `host` and `profile`, sorted by path."""
+    if host not in manifest.hosts:
+        raise AgentkitError(f"unknown host {host!r} (hosts in {manifest.root}: {', '.join(manifest.hosts)})")
+    if profile is not None and profile not in manifest.profiles:
+        raise AgentkitError(f"unknown profile {profile!r} (profiles: {', '.join(manifest.profiles)})")
+    state_dir = os.fspath(state_dir)
+    if not posixpath.isabs(state_dir):
+        raise AgentkitError(f"the supervisord state directory must be an absolute path (its socket, pid file, "
+                            f"logs and activator.json live there), got {state_dir!r}")
+    if "%" in state_dir:
+        raise AgentkitError(f"the supervisord state directory {state_dir!r} may not hold '%': supervisord "
+                            "expands it in log file names twice")
+    state_dir = posixpath.normpath(state_dir)
+    if state_dir.startswith("//"):
+        state_dir = "/" + state_dir.lstrip("/")
+    profile_name = profile or manifest.default_profile
+    agents = [a for a in graph.selected(manifest, profile_name) if a.host == host]
+    for agent in agents:
+        if agent.name == ACTIVATOR:
+            raise AgentkitError(f"agent {ACTIVATOR}: under supervisord that program name is agentkit's own "
+                                "activator; rename the agent")
+    env = render._environment(tuple(render.template_dirs(templates)))
+    try:
+        conf_t = env.get_template("supervisord.conf.j2")
+    except jinja2.TemplateError as exc:
+        raise AgentkitError(f"template: {exc}") from exc
+
+    native = any(a.optional and a.private_port is None for a in agents)
+    offset = private_port_offset(manifest) if native else DEFAULT_PRIVATE_PORT_OFFSET
+    privates = _check_private_ports(manifest, host, agents, offset)
+    ordered = graph.start_order(agents)
+    order = {a.name: i for i, a in enumerate(ordered)}
+    on_host = {a.name: a for a in agents}
+    socket = posixpath.join(state_dir, SOCKET)
+    logs = posixpath.join(state_dir, "logs")
+
+    def path(*parts: str, what: str) -> str:
+        return ini_value(posixpath.join(*parts), what)
+
+    programs = []
+    for agent in sorted(agents, key=lambda a: order[a.name]):
+        autorestart, exitcodes = RESTART[agent.restart.policy]
+        where = f"agent {agent.name}"
+        programs.append({
+            "name": agent.name,
+            "essential": agent.essential,
+            "command": command_value(render.resolve_command(agent.command, bin_dir)),
+            "environment": environment_value(supervised_environment(manifest, agent, privates.get(agent.name)),
+                                             f"{where}: environment"),
+            "priority": PRIORITY_BASE + order[agent.name],
+            "autorestart": autorestart,
+            "exitcodes": exitcodes,
+            "startretries": agent.restart.burst,
+            "stopwaitsecs": max(1, math.ceil(agent.start_timeout_us / 1_000_000)),
+            "logfile": path(logs, f"{agent.name}.log", what=f"{where}: log file"),
+            "directory": (ini_value(agent.working_directory, f"{where}: working_directory")
+                          if agent.working_directory else None),
+            "user": agent.user,
+            "private": privates.get(agent.name),
+        })
+    context = {
+        "fleet": manifest.name,
+        "host": host,
+        "profile": profile_name,
+        "socket": path(socket, what="state_dir"),
+        "logfile": path(logs, "supervisord.log", what="state_dir"),
+        "pidfile": path(state_dir, "supervisord.pid", what="state_dir"),
+        "childlogdir": path(logs, what="state_dir"),
+        "identifier": ini_value(f"agentkit-{manifest.name}-{host}", "identifier (fleet name and host)"),
+        "activator": {
+            "name": ACTIVATOR,
+            "command": command_value((posixpath.join(bin_dir, ACTIVATOR), "--config",
+                                      posixpath.join(state_dir, ACTIVATOR_CONFIG))),
+            "logfile": path(logs, f"{ACTIVATOR}.log", what="state_dir"),
+        },
+        "programs": programs,
+    }
+    try:
+        conf = conf_t.render(context)
+    except jinja2.TemplateError as exc:
+        raise AgentkitError(f"template {getattr(exc, 'name', '') or ''}: {exc}") from exc
+
+    entries = []
+    for agent in sorted((a for a in agents if a.optional), key=lambda a: a.name):
+        entries.append({
+            "name": agent.name,
+            "program": agent.name,
+            "listen": ["0.0.0.0", agent.port],
+            "target": ["127.0.0.1", privates[agent.name]],
+            "depends_on": _optional_dependencies(manifest, agent, on_host, order),
+            "idle_stop": _seconds(agent.idle_stop_us),
+            "start_timeout": _seconds(agent.start_timeout_us),
+        })
+    activator = {"fleet": manifest.name, "host": host, "supervisor": f"unix://{socket}", "agents": entries}
+    return sorted([
+        render.RenderedFile(CONF, conf),
+        render.RenderedFile(ACTIVATOR_CONFIG, json.dumps(activator, sort_keys=True, indent=2) + "\n"),
+    ], key=lambda f: f.path)
