@@ -53,6 +53,13 @@ this_host_option = click.option("--host", "hosts", multiple=True, metavar="HOST"
                                 help="Which host of the manifest this is. Default: this machine's hostname.")
 templates_option = click.option("--templates", metavar="DIR", type=click.Path(file_okay=False, exists=True),
                                 help="Templates here replace the packaged ones of the same name.")
+backend_option = click.option("--backend", type=click.Choice(["auto", "systemd", "supervisord"]), default="auto",
+                              show_default=True,
+                              help="auto: systemd when it is PID 1 here, else supervisord.")
+state_dir_option = click.option("--state-dir", metavar="DIR", type=click.Path(file_okay=False),
+                                help="supervisord: where its config, socket and logs live. "
+                                     "Default: ~/.local/state/agentkit/<fleet>-<host>.")
+
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -99,13 +106,23 @@ def validate(obj: Context) -> None:
 @host_option
 @profile_option
 @click.option("--out", default="build", show_default=True, metavar="DIR", help="Write DIR/<host>/ for each host.")
+@click.option("--backend", type=click.Choice(["systemd", "supervisord"]), default="systemd", show_default=True,
+              help="supervisord: supervisord.conf and activator.json instead of units.")
+@state_dir_option
 @bin_dir_option
 @templates_option
 @click.pass_obj
-def render_cmd(obj: Context, hosts, profile, out, bin_dir, templates) -> None:
-    """Write the systemd units of each host into OUT/<host>/ (nothing else is touched)."""
+def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, templates) -> None:
+    """Write the systemd units (or supervisord configuration) of each host into OUT/<host>/."""
     m = obj.manifest
-    plans = {host: render.plan(m, host, profile, bin_dir=bin_dir, templates=templates) for host in _hosts(m, hosts)}
+    if backend == "supervisord":
+        from .supervisord import plan_supervisord
+        chosen = _hosts(m, hosts)
+        plans = {host: plan_supervisord(m, host, profile, bin_dir=bin_dir, templates=templates,
+                                        state_dir=_state_dir(m, host, state_dir, len(chosen) > 1))
+                 for host in chosen}
+    else:
+        plans = {host: render.plan(m, host, profile, bin_dir=bin_dir, templates=templates) for host in _hosts(m, hosts)}
     for host in plans:  # refuse before writing anything
         files.check_replaceable(os.path.join(out, host))
     for host, planned in plans.items():
@@ -319,43 +336,200 @@ def uninstall(obj: Context, root, timeout) -> None:
         click.echo("nothing installed by agentkit here")
 
 
+def _systemd_is_pid1() -> bool:
+    return os.path.isdir("/run/systemd/system")  # sd_booted(3)
+
+
+def _backend(choice: str) -> str:
+    if choice == "auto":
+        return "systemd" if _systemd_is_pid1() else "supervisord"
+    return choice
+
+
+def _up_hosts(m: Manifest, hosts: tuple[str, ...], backend: str) -> tuple[list[str], str | None]:
+    """The hosts to run here, and a note when this machine is none of the manifest's."""
+    if hosts:
+        return _hosts(m, hosts), None
+    name = socket.gethostname().split(".")[0]
+    if name in m.hosts:
+        return [name], None
+    if backend == "systemd" and len(m.hosts) > 1:
+        raise AgentkitError(f"this machine ({name}) is not a host of {m.root}; say which with --host")
+    return list(m.hosts), f"this machine ({name}) is not a host of {m.root}: running every host's agents here"
+
+
+def _state_dir(m: Manifest, host: str, state_dir: str | None, several: bool) -> str:
+    from . import supervisor_run
+    if state_dir is None:
+        return supervisor_run.default_state_dir(m, host)
+    return os.path.join(os.path.abspath(state_dir), host) if several else os.path.abspath(state_dir)
+
+
+@cli.command()
+@host_option
+@profile_option
+@backend_option
+@state_dir_option
+@click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS",
+              help="How long to wait for the essential agents to start.")
+@bin_dir_option
+@click.pass_context
+def up(ctx: click.Context, hosts, profile, backend, state_dir, timeout, bin_dir) -> None:
+    """Run the fleet on this machine: essential agents up, optional ones dormant until used."""
+    from . import supervisor_run
+    m = ctx.obj.manifest
+    backend = _backend(backend)
+    chosen, note = _up_hosts(m, hosts, backend)
+    profile = profile or m.default_profile
+    if note:
+        click.echo(note)
+    if backend == "systemd":
+        ctx.invoke(install, hosts=tuple(chosen), profile=profile, root="/", dry_run=False, force=False,
+                   timeout=timeout, bin_dir=bin_dir, templates=None)
+        _next_steps(m, chosen, "systemd")
+        return
+    failed = False
+    for host in chosen:
+        directory = _state_dir(m, host, state_dir, len(chosen) > 1)
+        result = supervisor_run.up(m, host, profile, bin_dir=bin_dir, state_dir=directory, timeout=timeout,
+                                   progress=click.echo)
+        click.echo(f"{host}: {len(result.essential) - len([n for n in result.failed if n in result.essential])}"
+                   f"/{len(result.essential)} essential agents running, {len(result.optional)} optional agents "
+                   f"dormant (the activator holds their ports); state, logs and control socket in {directory}")
+        for name, why in result.failed.items():
+            failed = True
+            click.echo(f"agentkit: {name} did not start: {why} (log: {directory}/logs/)", err=True)
+    if failed:
+        sys.exit(1)
+    _next_steps(m, chosen, "supervisord")
+
+
+def _next_steps(m: Manifest, hosts: list[str], backend: str) -> None:
+    optional = [a for a in m.agents.values() if a.host in hosts and a.optional]
+    deepest = max(optional, key=lambda a: len(graph.closure(m, [a.name])), default=None)
+    click.echo("try next:")
+    click.echo("  agentkit status                      every agent: dormant, active, failed, ...")
+    if deepest is not None:
+        click.echo(f"  agentkit call {deepest.name} --action chain"
+                   f"    wake {deepest.name} and its dependencies, and see who answered")
+    click.echo("  agentkit down                        stop the fleet" if backend == "supervisord" else
+               "  agentkit down                        stop the fleet (agentkit uninstall removes it)")
+
+
+@cli.command()
+@host_option
+@backend_option
+@state_dir_option
+@click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS")
+@click.pass_obj
+def down(obj: Context, hosts, backend, state_dir, timeout) -> None:
+    """Stop the fleet on this machine (supervisord: and supervisord itself)."""
+    from . import supervisor_run
+    m = obj.manifest
+    backend = _backend(backend)
+    if backend == "systemd":
+        subprocess_run(["systemctl", "stop", TARGET_NAME, "agentkit-*.socket", "agentkit-*.service"])
+        click.echo(f"stopped {TARGET_NAME} and its units")
+        return
+    chosen, _ = _up_hosts(m, hosts, backend)
+    for host in chosen:
+        directory = _state_dir(m, host, state_dir, len(chosen) > 1)
+        if supervisor_run.down(directory, timeout=timeout):
+            click.echo(f"{host}: supervisord and every agent stopped ({directory})")
+        else:
+            click.echo(f"{host}: nothing running ({directory})")
+
+
+def subprocess_run(argv: list[str]) -> None:
+    import subprocess
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    if result.returncode != 0:
+        raise AgentkitError(f"{' '.join(argv)}: {(result.stderr or result.stdout).strip()}")
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--action", default="ping", show_default=True, type=click.Choice(["ping", "chain"]),
+              help="chain: the agent calls each of its dependencies in turn.")
+@click.option("--timeout", default=30.0, show_default=True, metavar="SECONDS")
+@click.pass_obj
+def call(obj: Context, agent, action, timeout) -> None:
+    """Send one request to AGENT's port, as its clients do (ZeroMQ REQ, JSON); print the reply."""
+    import zmq
+    m = obj.manifest
+    if agent not in m.agents:
+        raise AgentkitError(f"unknown agent {agent!r}{manifest_mod._suggest(agent, m.agents)}")
+    port = m.agents[agent].port
+    context = zmq.Context.instance()
+    sock = context.socket(zmq.REQ)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
+    started = time.monotonic()
+    try:
+        sock.connect(f"tcp://127.0.0.1:{port}")
+        sock.send_json({"action": action})
+        try:
+            reply = sock.recv_json()
+        except zmq.Again:
+            raise AgentkitError(f"{agent} (127.0.0.1:{port}) did not answer within {timeout:g} s") from None
+    finally:
+        sock.close()
+    click.echo(json.dumps(reply, indent=2))
+    click.echo(f"{agent} answered in {(time.monotonic() - started) * 1000:.0f} ms", err=True)
+
+
 @cli.command()
 @this_host_option
 @profile_option
+@backend_option
+@state_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
 @click.pass_obj
-def status(obj: Context, hosts, profile, as_json) -> None:
+def status(obj: Context, hosts, profile, backend, state_dir, as_json) -> None:
     """Every agent of this host: dormant, starting, active, stopping, failed; since when, restarts, memory."""
-    from . import status as status_mod
-    from .systemd import Systemd
-
     m = obj.manifest
-    host = _one_host(m, hosts)
-    record = install_mod.Record.read("/")
-    profile = profile or record.profile or m.default_profile
+    backend = _backend(backend)
+    if backend == "systemd":
+        from . import status as status_mod
+        from .systemd import Systemd
+        host = _one_host(m, hosts)
+        record = install_mod.Record.read("/")
+        profile = profile or record.profile or m.default_profile
 
-    async def gather():
-        manager = Systemd()
-        try:
-            return await status_mod.collect(m, host, profile, manager)
-        finally:
-            manager.close()
+        async def gather():
+            manager = Systemd()
+            try:
+                return await status_mod.collect(m, host, profile, manager)
+            finally:
+                manager.close()
 
-    rows = install_mod.run(gather())
+        rows = [r.as_json() for r in install_mod.run(gather())]
+        chosen = [host]
+    else:
+        from . import supervisor_run
+        chosen, _ = _up_hosts(m, hosts, backend)
+        profile = profile or m.default_profile
+        rows = []
+        for host in chosen:
+            directory = _state_dir(m, host, state_dir, len(chosen) > 1)
+            if not supervisor_run.running(directory):
+                raise AgentkitError(f"{host}: no supervisord answers in {directory} (start the fleet with agentkit up)")
+            rows += supervisor_run.collect(m, host, profile, directory)
     if as_json:
-        click.echo(json.dumps({"host": host, "profile": profile, "agents": [r.as_json() for r in rows]}, indent=2))
+        click.echo(json.dumps({"host": chosen[0] if len(chosen) == 1 else chosen, "backend": backend,
+                               "profile": profile, "agents": rows}, indent=2))
         return
     now = time.time()
     table = [("AGENT", "STATE", "SINCE", "RESTARTS", "MEMORY", "START")]
     for r in rows:
-        table.append((r.name, r.state, _ago(now, r.since), "-" if r.restarts is None else str(r.restarts),
-                      _mib(r.memory), "-" if r.last_start_s is None else f"{r.last_start_s:.3f}s"))
+        table.append((r["name"], r["state"], _ago(now, r["since"]), "-" if r["restarts"] is None else str(r["restarts"]),
+                      _mib(r["memory"]), "-" if r["last_start_s"] is None else f"{r['last_start_s']:.3f}s"))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r.state] = counts.get(r.state, 0) + 1
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
     click.echo(", ".join(f"{n} {state}" for state, n in sorted(counts.items())))
     if counts.get("failed"):
         sys.exit(1)

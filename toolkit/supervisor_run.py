@@ -1,0 +1,182 @@
+"""The supervisord backend at run time: start or update a per-user supervisord, stop it, read its state.
+
+One supervisord per host of the manifest, each in its own state directory
+(default `$XDG_STATE_HOME/agentkit/<fleet>-<host>`, else
+`~/.local/state/agentkit/<fleet>-<host>`), holding supervisord.conf,
+activator.json, the control socket (mode 0700), the pid file and logs/.
+`supervisorctl` and `agentkit status` talk to it over that socket.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from typing import Callable
+
+from . import files, graph
+from .errors import AgentkitError
+from .model import Manifest
+from .supervisord import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET, plan_supervisord
+
+
+def default_state_dir(manifest: Manifest, host: str) -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(os.path.abspath(base), "agentkit", f"{manifest.name}-{host}")
+
+
+def _rpc(state_dir: str):
+    from supervisor.xmlrpc import SupervisorTransport  # the supervisor package's own client transport
+    url = "unix://" + os.path.join(state_dir, SOCKET)
+    return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, url))
+
+
+def running(state_dir: str) -> bool:
+    """Whether a supervisord answers on this state directory's socket."""
+    if not os.path.exists(os.path.join(state_dir, SOCKET)):
+        return False
+    try:
+        return _rpc(state_dir).supervisor.getState()["statename"] == "RUNNING"
+    except (OSError, xmlrpc.client.Error):
+        return False
+
+
+def _program(name: str) -> list[str]:
+    """supervisord/supervisorctl beside this interpreter (our venv), else on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    return [here] if os.path.exists(here) else [name]
+
+
+@dataclass
+class UpResult:
+    host: str
+    state_dir: str
+    started: bool  # supervisord was started (else updated)
+    essential: list[str]
+    optional: list[str]
+    failed: dict[str, str]
+
+
+def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, state_dir: str,
+       timeout: float = 120.0, progress: Callable[[str], None] = print) -> UpResult:
+    planned = plan_supervisord(manifest, host, profile, bin_dir=bin_dir, state_dir=state_dir)
+    os.makedirs(os.path.join(state_dir, "logs"), mode=0o700, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+    conf = os.path.join(state_dir, CONF)
+    before = {}
+    for item in planned:
+        path = os.path.join(state_dir, item.path)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                before[item.path] = handle.read()
+        except FileNotFoundError:
+            before[item.path] = None
+        if before[item.path] != item.text:
+            files.atomic_write(path, item.text, 0o600)
+    profile_name = profile or manifest.default_profile
+    agents = [a for a in graph.selected(manifest, profile_name) if a.host == host]
+    essential = [a.name for a in agents if a.essential]
+    optional = [a.name for a in agents if a.optional]
+
+    started = not running(state_dir)
+    if started:
+        progress(f"{host}: starting supervisord ({conf})")
+        result = subprocess.run(_program("supervisord") + ["-c", conf], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            raise AgentkitError(f"supervisord did not start: {(result.stderr or result.stdout).strip()}")
+    else:
+        changed = [p for p, text in before.items() if text != next(i.text for i in planned if i.path == p)]
+        progress(f"{host}: supervisord is running; {'updating: ' + ', '.join(changed) if changed else 'no change'}")
+        if before[CONF] != next(i.text for i in planned if i.path == CONF):
+            result = subprocess.run(_program("supervisorctl") + ["-c", conf, "update"], capture_output=True,
+                                    text=True, timeout=120)
+            if result.returncode != 0:
+                raise AgentkitError(f"supervisorctl update failed: {(result.stderr or result.stdout).strip()}")
+        if before[ACTIVATOR_CONFIG] != next(i.text for i in planned if i.path == ACTIVATOR_CONFIG):
+            _rpc(state_dir).supervisor.stopProcess(ACTIVATOR, True)
+            _rpc(state_dir).supervisor.startProcess(ACTIVATOR, True)
+
+    # Wait for the essentials and the activator: RUNNING, or given up on.
+    wanted = [ACTIVATOR] + essential
+    deadline = time.monotonic() + timeout
+    failed: dict[str, str] = {}
+    for _ in range(int(timeout / 0.1) + 1):
+        try:
+            infos = {i["name"]: i for i in _rpc(state_dir).supervisor.getAllProcessInfo()}
+        except (OSError, xmlrpc.client.Error):
+            infos = {}
+        pending = []
+        for name in wanted:
+            info = infos.get(name)
+            state = info["statename"] if info else "MISSING"
+            if state in ("FATAL", "EXITED"):
+                failed[name] = f"{state}: {info.get('description', '')}".strip()
+            elif state != "RUNNING":
+                pending.append(name)
+        if not pending or time.monotonic() > deadline:
+            for name in pending:
+                failed[name] = "did not reach RUNNING in time"
+            break
+        time.sleep(0.1)
+    return UpResult(host, state_dir, started, essential, optional, failed)
+
+
+def down(state_dir: str, timeout: float = 120.0) -> bool:
+    """Stop every program and supervisord itself; False when none was running."""
+    if not running(state_dir):
+        return False
+    pid_file = os.path.join(state_dir, "supervisord.pid")
+    try:
+        with open(pid_file, encoding="ascii") as handle:
+            pid = int(handle.read().strip())
+    except (OSError, ValueError):
+        pid = None
+    _rpc(state_dir).supervisor.shutdown()
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / 0.1) + 1):
+        if pid is None or not os.path.exists(f"/proc/{pid}"):
+            return True
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    raise AgentkitError(f"supervisord (pid {pid}) did not stop within {timeout:g} s")
+
+
+_STATES = {"RUNNING": "active", "STARTING": "starting", "BACKOFF": "starting", "STOPPING": "stopping",
+           "FATAL": "failed", "UNKNOWN": "failed"}
+
+
+def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) -> list[dict]:
+    """Every agent of `host`: the same states as under systemd, read from supervisord."""
+    from .status import _rss
+    infos = {i["name"]: i for i in _rpc(state_dir).supervisor.getAllProcessInfo()}
+    activator_up = infos.get(ACTIVATOR, {}).get("statename") == "RUNNING"
+    rows = []
+    for agent in graph.selected(manifest, profile):
+        if agent.host != host:
+            continue
+        info = infos.get(agent.name)
+        if info is None:
+            state, detail = "not-installed", "no such program"
+        else:
+            detail = info["statename"]
+            state = _STATES.get(detail)
+            if state is None:  # STOPPED, EXITED
+                if agent.optional and activator_up and detail in ("STOPPED", "EXITED"):
+                    state = "dormant"
+                    detail = f"{detail}, port held by the activator"
+                elif detail == "EXITED" and info.get("exitstatus"):
+                    state = "failed"
+                else:
+                    state = "inactive"
+            if detail == "FATAL":
+                detail = f"FATAL: start limit hit ({info.get('description', '')})"
+        pid = info["pid"] if info else 0
+        since = info["start"] if info and state in ("active", "starting") else (info or {}).get("stop") or None
+        rows.append({"name": agent.name, "essential": agent.essential, "unit": agent.name, "state": state,
+                     "detail": detail, "since": float(since) if since else None, "restarts": None,
+                     "memory": _rss(pid) if pid else None, "last_start_s": None, "result": None})
+    return rows
