@@ -36,3 +36,12 @@ def test_router_failover_benchmark_runs():
     assert [(s["failing"], s["mode"]) for s in summary] == [("cloud", "down"), ("cloud", "error"),
                                                              ("local", "down"), ("local", "error")]
     assert all(s["requests"] == 40 for s in summary)
+
+
+def test_supervisord_fleet_benchmark_runs():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "fleet_supervisord.py"), "--rounds", "1", "--json"],
+                            capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["failures"] == []
+    assert report["summary"]["agent cold"]["n"] == 53 and report["summary"]["chain"]["n"] == 1
