@@ -134,7 +134,7 @@ def test_a_restarted_activator_adopts_running_agents(fleet):
                10, "a new activator")
     # The new one forwards to the running agent without starting it again ...
     assert f.request("I", {"action": "ping"})["pid"] == first["pid"]
-    assert f.state("I") == "RUNNING"
+    assert f.state("I") in ("STARTING", "RUNNING")  # still within its startsecs on a loaded machine
     # ... and stops it when it is idle, as the old one would have.
     f.wait_state("I", "STOPPED", timeout=10)
     assert started_lines(f.wait_log(r"I: stopped after"), "I") == ["I"]
