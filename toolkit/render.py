@@ -174,10 +174,11 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 slice=manifest.slices[name], name=manifest.name, host=host)))
         router = manifest.router if manifest.router is not None and manifest.router.host == host else None
         if router is not None:
+            settings = dict(router.settings)
             files.append(RenderedFile(ROUTER_UNIT, router_t.render(
                 router=router, agent={"user": None}, source=os.path.basename(router.where.file), target=TARGET,
                 slice="agentkit.slice", command=" \\\n    ".join(escape.systemd_exec(g) for g in router_command(router, bin_dir)),
-                local_model=dict(router.settings)["local.model"], cloud_model=dict(router.settings)["cloud.model"],
+                local_model=settings["local.model"], cloud_model=settings["cloud.model"],
             )))
         files.append(RenderedFile(TARGET, target_t.render(
             name=manifest.name, host=host, profile=profile_name,

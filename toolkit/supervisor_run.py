@@ -66,15 +66,16 @@ def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, stat
     os.makedirs(os.path.join(state_dir, "logs"), mode=0o700, exist_ok=True)
     os.chmod(state_dir, 0o700)
     conf = os.path.join(state_dir, CONF)
-    before = {}
+    changed: list[str] = []  # the files whose text differs from what is there
     for item in planned:
         path = os.path.join(state_dir, item.path)
         try:
             with open(path, encoding="utf-8") as handle:
-                before[item.path] = handle.read()
+                same = handle.read() == item.text
         except FileNotFoundError:
-            before[item.path] = None
-        if before[item.path] != item.text:
+            same = False
+        if not same:
+            changed.append(item.path)
             files.atomic_write(path, item.text, 0o600)
     profile_name = profile or manifest.default_profile
     agents = [a for a in graph.selected(manifest, profile_name) if a.host == host]
@@ -88,14 +89,13 @@ def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, stat
         if result.returncode != 0:
             raise AgentkitError(f"supervisord did not start: {(result.stderr or result.stdout).strip()}")
     else:
-        changed = [p for p, text in before.items() if text != next(i.text for i in planned if i.path == p)]
         progress(f"{host}: supervisord is running; {'updating: ' + ', '.join(changed) if changed else 'no change'}")
-        if before[CONF] != next(i.text for i in planned if i.path == CONF):
+        if CONF in changed:
             result = subprocess.run(_program("supervisorctl") + ["-c", conf, "update"], capture_output=True,
                                     text=True, timeout=120)
             if result.returncode != 0:
                 raise AgentkitError(f"supervisorctl update failed: {(result.stderr or result.stdout).strip()}")
-        if before[ACTIVATOR_CONFIG] != next(i.text for i in planned if i.path == ACTIVATOR_CONFIG):
+        if ACTIVATOR_CONFIG in changed:
             _rpc(state_dir).supervisor.stopProcess(ACTIVATOR, True)
             _rpc(state_dir).supervisor.startProcess(ACTIVATOR, True)
 

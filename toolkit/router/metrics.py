@@ -89,7 +89,7 @@ class _Live:
         yield state
         inflight = GaugeMetricFamily("agentkit_router_inflight", "Requests in flight by backend", labels=["backend"])
         for name in BACKENDS:
-            inflight.add_metric([name], float(router.inflight[name]))
+            inflight.add_metric([name], float(router.inflight(name)))
         yield inflight
         yield GaugeMetricFamily("agentkit_router_local_reserved_bytes",
                                 "GPU memory the in-flight local requests reserved (KV cache estimate)",

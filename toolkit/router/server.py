@@ -69,7 +69,7 @@ class Router:
         self.config = settings.policy
         self.gpu = gpu
         self.view = View()
-        self.inflight = {LOCAL: 0, CLOUD: 0}
+        self._cloud_inflight = 0  # the local count lives in the decision's view
         self.urls = {LOCAL: settings.local_url.rstrip("/"), CLOUD: settings.cloud_url.rstrip("/")}
         self.breakers = {name: Breaker(name, failures=settings.breaker_failures, open_for=settings.breaker_open_for,
                                        on_change=self._breaker_changed) for name in policy.BACKENDS}
@@ -80,6 +80,9 @@ class Router:
         if settings.cloud_api_key:
             self._headers[CLOUD]["Authorization"] = "Bearer " + settings.cloud_api_key
         self._last_traffic = {LOCAL: 0.0, CLOUD: 0.0}
+
+    def inflight(self, backend: str) -> int:
+        return self.view.local_inflight if backend == LOCAL else self._cloud_inflight
 
     # --- the decision ---------------------------------------------------------
 
@@ -188,7 +191,7 @@ class Router:
     async def health(self, request: web.Request) -> web.Response:
         now = time.monotonic()
         backends = {name: dict(self.breakers[name].describe(), url=self.urls[name], up=self.breakers[name].up,
-                               inflight=self.inflight[name]) for name in policy.BACKENDS}
+                               inflight=self.inflight(name)) for name in policy.BACKENDS}
         backends[CLOUD]["api_key"] = "set" if self.settings.cloud_api_key else "none"
         gpu = self.gpu.status(now)
         if not self.gpu.available:
@@ -253,11 +256,12 @@ class Router:
         """One try on one backend: the client's response, or (cause, error, retry_after) to go on."""
         backend = decision.backend
         reserved = policy.reservation(self.config, decision, task)
-        self.inflight[backend] += 1
         self._last_traffic[backend] = time.monotonic()
         if backend == LOCAL:
             self.view.local_inflight += 1
             self.view.local_reserved += reserved
+        else:
+            self._cloud_inflight += 1
         remaining = max(0.001, min(deadline - time.monotonic(), self.settings.attempt_timeout))
         timeout = aiohttp.ClientTimeout(total=None if stream else remaining,
                                         connect=min(remaining, self.settings.connect_timeout),
@@ -290,10 +294,11 @@ class Router:
                     return out
                 return await self._stream(request, resp, endpoint, backend, headers, started, remaining)
         finally:
-            self.inflight[backend] -= 1
             if backend == LOCAL:
                 self.view.local_inflight -= 1
                 self.view.local_reserved -= reserved
+            else:
+                self._cloud_inflight -= 1
 
     async def _stream(self, request, resp, endpoint, backend, headers, started, first_wait):
         """Pass a 200 stream through; from the first byte on there is no going back."""
