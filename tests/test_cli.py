@@ -141,6 +141,39 @@ def test_validate_lists_dependencies_across_hosts():
     ]
 
 
+def test_address_overrides_reach_dependencies_and_address_of_values(tmp_path):
+    """An inventory's addresses (--address) replace the manifest's wherever an agent uses one."""
+    manifest = tmp_path / "agents"
+    shutil.copytree(REPO / "tests" / "data" / "features", manifest)
+    fleet = manifest / "fleet.yaml"
+    fleet.write_text(fleet.read_text().replace('SHARED: "from the host"', 'SHARED: "from the host"\n'
+                                               '      BETA_AT: {address_of: beta}'))
+    out = tmp_path / "out"
+    result = run("--address", "alpha=192.168.7.1", "--address", "beta=b.lan", "render", "--out", out, *BIN,
+                 manifest=manifest)
+    assert result.returncode == 0, result.stderr
+    remote = (out / "beta" / "agentkit-Remote.service").read_text()
+    assert "Environment=AGENTKIT_DEPENDS=Native=192.168.7.1:5002\n" in remote
+    native = (out / "alpha" / "agentkit-Native.service").read_text()
+    assert "Environment=BETA_AT=b.lan\n" in native
+    plain = run("render", "--out", tmp_path / "plain", *BIN, manifest=manifest)
+    assert plain.returncode == 0, plain.stderr
+    assert "Environment=BETA_AT=beta.example\n" in (tmp_path / "plain" / "alpha" / "agentkit-Native.service").read_text()
+    model = json.loads(run("--address", "beta=b.lan", "show", "--json", manifest=manifest).stdout)
+    assert model["hosts"]["beta"]["address"] == "b.lan"
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("gamma=10.0.0.9", "agentkit: error: --address gamma=10.0.0.9: unknown host 'gamma' (hosts in {m}: alpha, beta)"),
+    ("alpha=not an address", "agentkit: error: --address alpha=not an address: expected a host name or an IP address"),
+    ("alpha", "Error: Invalid value for '--address': expected HOST=ADDRESS, got 'alpha'"),
+])
+def test_bad_address_overrides_are_clear_errors(tmp_path, arg, message):
+    manifest = REPO / "tests" / "data" / "features"
+    result = run("--address", arg, "show", manifest=manifest)
+    assert result.returncode in (1, 2) and message.format(m=manifest) in result.stderr, result.stderr
+
+
 def test_readme_documents_every_agent_setting():
     from agentkit.manifest import AGENT_SETTINGS
 

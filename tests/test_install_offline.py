@@ -35,6 +35,17 @@ def test_second_install_changes_nothing_and_dry_run_says_so(tmp_path):
     assert (dry.returncode, dry.stdout, dry.stderr) == (0, "", "nothing to change\n")
 
 
+def test_install_json_says_what_changed_for_ansible(tmp_path):
+    first = run("install", "--host", "pc2", "--root", tmp_path, "--json", *BIN)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)  # stdout is the JSON alone; progress went to stderr
+    assert (report["host"], report["profile"], report["changed"]) == ("pc2", "full", True)
+    assert len(report["added"]) == 42 and report["updated"] == report["removed"] == []
+    assert report["failed"] == {} and "installing 42 unit files" in first.stderr
+    again = json.loads(run("install", "--host", "pc2", "--root", tmp_path, "--json", *BIN).stdout)
+    assert again["changed"] is False and again["added"] == []
+
+
 def test_removed_agents_lose_their_units_and_nothing_else(tmp_path):
     manifest = tmp_path / "agents"
     shutil.copytree(REPO / "agents", manifest)

@@ -438,6 +438,30 @@ def test_environment_bad_name_reserved_name_null_newline_and_not_a_mapping(probl
     ]
 
 
+def test_environment_address_of_names_a_known_host(problems):
+    assert problems({"g.yaml": group("""
+        A:
+          port: 1
+          environment:
+            PEER: {address_of: gamma}
+        B:
+          port: 2
+          environment:
+            PEER: {address: beta}
+        C:
+          port: 3
+          environment:
+            PEER: {address_of: [beta]}
+        """.lstrip("\n"))}, fleet="hosts:\n  alpha: {}\n  beta:\n    environment:\n      UP: {address_of: zeta}\n") == [
+        "agents/fleet.yaml:5: hosts.beta.environment.UP.address_of: unknown host 'zeta' (hosts: alpha, beta)",
+        "agents/g.yaml:8: agents.A.environment.PEER.address_of: unknown host 'gamma' (hosts: alpha, beta)",
+        "agents/g.yaml:12: agents.B.environment.PEER: expected text, a number, or {address_of: HOST} "
+        "(another host's address)",
+        "agents/g.yaml:16: agents.C.environment.PEER: expected text, a number, or {address_of: HOST} "
+        "(another host's address)",
+    ]
+
+
 def test_host_environment_is_checked_like_an_agents(problems):
     assert problems(fleet="""\
         hosts:

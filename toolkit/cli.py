@@ -25,16 +25,29 @@ TARGET_NAME = render.TARGET
 
 
 class Context:
-    def __init__(self, manifest_dir: str, debug: bool):
+    def __init__(self, manifest_dir: str, debug: bool, addresses: dict[str, str] | None = None):
         self.manifest_dir = manifest_dir
         self.debug = debug
+        self.addresses = addresses or {}
         self._manifest: Manifest | None = None
 
     @property
     def manifest(self) -> Manifest:
         if self._manifest is None:
-            self._manifest = manifest_mod.load(self.manifest_dir)
+            self._manifest = manifest_mod.with_addresses(manifest_mod.load(self.manifest_dir), self.addresses)
         return self._manifest
+
+
+def _parse_addresses(ctx, param, values: tuple[str, ...]) -> dict[str, str]:
+    addresses: dict[str, str] = {}
+    for item in values:
+        host, sep, address = item.partition("=")
+        if not sep or not host or not address:
+            raise click.BadParameter(f"expected HOST=ADDRESS, got {item!r}", ctx, param)
+        if host in addresses and addresses[host] != address:
+            raise click.BadParameter(f"{host} given twice ({addresses[host]} and {address})", ctx, param)
+        addresses[host] = address
+    return addresses
 
 
 def default_bin_dir() -> str:
@@ -65,12 +78,15 @@ state_dir_option = click.option("--state-dir", metavar="DIR", type=click.Path(fi
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-m", "--manifest", "manifest_dir", default="agents", show_default=True, envvar="AGENTKIT_MANIFEST",
               metavar="DIR", help="The manifest directory (fleet.yaml and one YAML file per group of agents).")
+@click.option("--address", "addresses", multiple=True, metavar="HOST=ADDRESS", callback=_parse_addresses,
+              help="Reach HOST at ADDRESS instead of its manifest address (repeatable): an inventory's "
+                   "addresses, for agents that depend on agents of other hosts.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="agentkit")
 @click.pass_context
-def cli(ctx: click.Context, manifest_dir: str, debug: bool) -> None:
+def cli(ctx: click.Context, manifest_dir: str, addresses: dict[str, str], debug: bool) -> None:
     """Run a fleet of AI agents under the host's own init system."""
-    ctx.obj = Context(manifest_dir, debug)
+    ctx.obj = Context(manifest_dir, debug, addresses)
 
 
 def _hosts(m: Manifest, chosen: tuple[str, ...]) -> list[str]:
@@ -291,10 +307,12 @@ def _one_host(m: Manifest, hosts: tuple[str, ...]) -> str:
 @click.option("--force", is_flag=True, help="Overwrite agentkit's units even if edited by hand since.")
 @click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS",
               help="How long to wait for the essential agents to start.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Progress on stderr; on stdout one JSON object: what changed, what restarted, what failed.")
 @bin_dir_option
 @templates_option
 @click.pass_obj
-def install(obj: Context, hosts, profile, root, dry_run, force, timeout, bin_dir, templates) -> None:
+def install(obj: Context, hosts, profile, root, dry_run, force, timeout, as_json, bin_dir, templates) -> None:
     """Install this host's units, reload systemd once, start the essential agents and wait for them."""
     m = obj.manifest
     host = _one_host(m, hosts)
@@ -310,11 +328,20 @@ def install(obj: Context, hosts, profile, root, dry_run, force, timeout, bin_dir
             sys.exit(1)
         click.echo("nothing to change", err=True)
         return
-    click.echo(f"installing {len(planned)} unit files for {host} (profile {profile}) under {root}")
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    say(f"installing {len(planned)} unit files for {host} (profile {profile}) under {root}")
     outcome = install_mod.run(install_mod.apply(root, host, profile, planned, force=force, timeout=timeout,
-                                                progress=click.echo))
+                                                progress=say))
     if not outcome.changes.any:
-        click.echo("unit files unchanged")
+        say("unit files unchanged")
+    if as_json:
+        changes = outcome.changes
+        click.echo(json.dumps({
+            "host": host, "profile": profile, "changed": changes.any,
+            "added": changes.added, "updated": changes.changed, "removed": changes.removed,
+            "restarted": outcome.restarted,
+            "failed": {unit: why for unit, why in outcome.failed.items()},
+        }, indent=1))
     if outcome.failed:
         for unit, why in outcome.failed.items():
             click.echo(f"agentkit: {unit} did not start: {why[0]}", err=True)
@@ -322,7 +349,7 @@ def install(obj: Context, hosts, profile, root, dry_run, force, timeout, bin_dir
                 click.echo(f"    {line}", err=True)
         sys.exit(1)
     if os.path.realpath(root) == "/":
-        click.echo(f"{host}: {TARGET_NAME} is up; see `agentkit status`")
+        say(f"{host}: {TARGET_NAME} is up; see `agentkit status`")
 
 
 @cli.command()

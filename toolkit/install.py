@@ -153,6 +153,7 @@ def journal_tail(unit: str, lines: int = 10) -> list[str]:
 class Outcome:
     changes: Changes
     started: dict[str, str] = field(default_factory=dict)  # unit -> job result
+    restarted: list[str] = field(default_factory=list)  # changed services that were running
     failed: dict[str, list[str]] = field(default_factory=dict)  # unit -> why (result, journal lines)
 
 
@@ -192,7 +193,10 @@ async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outc
     # A changed unit that runs gets restarted (try-restart: a dormant agent stays dormant).
     restart = sorted(n for n in _instance_units(changed) if n.endswith(".service"))
     if restart:
-        progress(f"restarting {len(restart)} changed service(s) that are running")
+        before = await manager.states(restart)
+        outcome.restarted = [n for n in restart if before.get(n) is not None
+                             and before[n].active_state in ("active", "activating", "reloading")]
+        progress(f"restarting {len(outcome.restarted)} changed service(s) that are running")
         await manager.run_jobs("try_restart", restart, timeout=timeout)
     sockets = [n for n in wanted_by_target if n.endswith(".socket")]
     for name in sorted(changed & set(sockets)):

@@ -19,13 +19,13 @@ import gc
 import ipaddress
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from . import values
-from .errors import ManifestError, Problem
+from .errors import AgentkitError, ManifestError, Problem
 from .graph import find_cycles
-from .model import Agent, Host, Location, Manifest, Profile, Restart, RouterSpec, Slice
+from .model import Agent, Host, HostAddress, Location, Manifest, Profile, Restart, RouterSpec, Slice
 from .yamlsrc import INVALID, Document, dotted, load as load_yaml
 
 FLEET_FILE = "fleet.yaml"
@@ -39,6 +39,9 @@ _LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A host name (RFC 1123 labels), an IPv4 address, or an IPv6 address (bare or in brackets).
+_ADDRESS = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+                      r"[A-Za-z0-9])?)*\.?|\[?[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\]?)$")
 
 
 # --- value parsers: each returns the parsed value or raises ValueError(message) ---
@@ -178,11 +181,22 @@ def _user(value: Any) -> str:
     return value
 
 
-def _variable(name: str, item: Any) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _AddressOf:
+    """`{address_of: HOST}` as read, before the hosts are known."""
+
+    host: str
+
+
+def _variable(name: str, item: Any) -> tuple[str, str | _AddressOf]:
     if not _ENV_NAME.match(name):
         raise ValueError("not a valid environment variable name (letters, digits and '_', not first a digit)")
     if name.startswith("AGENTKIT_"):
         raise ValueError("names starting with AGENTKIT_ are set by agentkit itself")
+    if isinstance(item, dict):
+        if list(item) != ["address_of"] or not isinstance(item["address_of"], str):
+            raise ValueError("expected text, a number, or {address_of: HOST} (another host's address)")
+        return name, _AddressOf(item["address_of"])
     if isinstance(item, bool):
         item = "true" if item else "false"
     if item is None or not isinstance(item, (str, int, float)):
@@ -198,6 +212,46 @@ def _environment(value: Any) -> dict[str, str]:
         raise ValueError(f"expected a mapping of NAME: value, got {_show(value)}")
     return dict(_each(((name, (name, item)) for name, item in value.items()),
                       lambda _, pair: _variable(*pair)))
+
+
+def _resolve_environment(check: "_Checker", doc: Document, path: tuple, env: dict,
+                         hosts: dict[str, Host]) -> dict[str, str]:
+    """Replace each {address_of: HOST} of `env` (read at doc/path) by that host's address."""
+    resolved = {}
+    for name, item in env.items():
+        if isinstance(item, _AddressOf):
+            if item.host not in hosts:
+                check.add(doc, path + (name, "address_of"),
+                          f"unknown host {item.host!r} (hosts: {', '.join(hosts) or 'none'})")
+                continue
+            item = HostAddress(item.host, hosts[item.host].address)
+        resolved[name] = item
+    return resolved
+
+
+def with_addresses(m: Manifest, addresses: dict[str, str], origin: str = "--address") -> Manifest:
+    """The manifest with some hosts reached at other addresses (an inventory's, say).
+
+    Every place an address is used follows: dependencies on other hosts
+    (AGENTKIT_DEPENDS) and `{address_of: HOST}` environment values.
+    """
+    if not addresses:
+        return m
+    for host, address in addresses.items():
+        if host not in m.hosts:
+            raise AgentkitError(f"{origin} {host}={address}: unknown host {host!r} "
+                                f"(hosts in {m.root}: {', '.join(m.hosts)})")
+        if not _ADDRESS.match(address):
+            raise AgentkitError(f"{origin} {host}={address}: expected a host name or an IP address")
+
+    def env(pairs):
+        return tuple((name, HostAddress(value.host, addresses.get(value.host, value))
+                      if isinstance(value, HostAddress) else value) for name, value in pairs)
+
+    hosts = {name: replace(h, address=addresses.get(name, h.address), environment=env(h.environment))
+             for name, h in m.hosts.items()}
+    agents = {name: replace(a, environment=env(a.environment)) for name, a in m.agents.items()}
+    return replace(m, hosts=hosts, agents=agents)
 
 
 def _show(value: Any) -> str:
@@ -594,7 +648,10 @@ def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
         hosts[host_name] = Host(host_name, address, tuple((env if env is not _INVALID else {}).items()),
                                 tuple((service, port) for port, service in fleet_ports.items()),
                                 Location(doc.file, doc.line(path)))
-    return hosts
+    # {address_of: HOST} may name a host declared further down: resolve once all are known.
+    return {name: replace(h, environment=tuple(_resolve_environment(
+                check, doc, ("hosts", name, "environment"), dict(h.environment), hosts).items()))
+            for name, h in hosts.items()}
 
 
 def _read_slices(check: _Checker, doc: Document, fleet: dict) -> dict[str, Slice]:
@@ -709,7 +766,8 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     env = dict(hosts[host].environment)
     for layer in (base, own):
         if "environment" in layer:
-            env.update(layer["environment"][0])
+            value, layer_doc, layer_path = layer["environment"]
+            env.update(_resolve_environment(check, layer_doc, layer_path, value, hosts))
     return Agent(
         name=name, host=host, group=get("group") or group, essential=essential,
         description=get("description") or f"agentkit agent {name}",

@@ -60,6 +60,21 @@ class Agent:
         return not self.essential
 
 
+class HostAddress(str):
+    """An environment value that is another host's address (`{address_of: HOST}` in the
+    manifest): the text is that host's address, and it follows `--address` overrides."""
+
+    host: str
+
+    def __new__(cls, host: str, address: str) -> "HostAddress":
+        value = super().__new__(cls, address)
+        value.host = host
+        return value
+
+    def __reduce__(self):  # copy, deepcopy (dataclasses.asdict) and pickle keep the host
+        return HostAddress, (self.host, str(self))
+
+
 @dataclass(frozen=True)
 class Host:
     name: str
