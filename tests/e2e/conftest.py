@@ -133,3 +133,28 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_unconfigure(config):
     close_all()  # interrupted runs (^C) included; atexit and SIGTERM are covered in container.py
+
+
+@pytest.fixture
+def lab_factory(container_factory, tmp_path):
+    """Make labs of hosts on a private bridge reached over SSH (twohosts.Lab):
+    factory(names=("mainpc", "pc2"), **Lab options). All closed at teardown."""
+    from .twohosts import Lab
+
+    made = []
+
+    def factory(names=("mainpc", "pc2"), **options):
+        options.setdefault("workdir", tmp_path / f"lab{len(made) + 1}")
+        lab = Lab(container_factory, names, start=False, **options)
+        made.append(lab)  # before starting: a failed start is closed too
+        return lab.start()
+
+    yield factory
+    errors = []
+    for lab in reversed(made):
+        try:
+            lab.close()
+        except Exception as exc:
+            errors.append(f"{lab.bridge}: {exc}")
+    if errors:
+        pytest.fail("closing labs: " + "; ".join(errors), pytrace=False)
