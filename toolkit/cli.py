@@ -307,16 +307,21 @@ def _one_host(m: Manifest, hosts: tuple[str, ...]) -> str:
 @click.option("--force", is_flag=True, help="Overwrite agentkit's units even if edited by hand since.")
 @click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS",
               help="How long to wait for the essential agents to start.")
+@click.option("--restart", "restart_all", is_flag=True,
+              help="Restart every running agent, changed or not (after an upgrade of agentkit itself).")
 @click.option("--json", "as_json", is_flag=True,
-              help="Progress on stderr; on stdout one JSON object: what changed, what restarted, what failed.")
+              help="Progress on stderr; on stdout one JSON object: what changed, what was (re)started, what failed.")
 @bin_dir_option
 @templates_option
 @click.pass_obj
-def install(obj: Context, hosts, profile, root, dry_run, force, timeout, as_json, bin_dir, templates) -> None:
+def install(obj: Context, hosts, profile, root, dry_run, force, timeout, restart_all, as_json, bin_dir,
+            templates) -> None:
     """Install this host's units, reload systemd once, start the essential agents and wait for them."""
     m = obj.manifest
     host = _one_host(m, hosts)
     profile = profile or m.default_profile
+    if dry_run and as_json:
+        raise click.UsageError("--json reports what install did; --dry-run shows a diff instead")
     planned = render.plan(m, host, profile, bin_dir=bin_dir, templates=templates)
     if dry_run:
         record = install_mod.Record.read(root)
@@ -331,15 +336,15 @@ def install(obj: Context, hosts, profile, root, dry_run, force, timeout, as_json
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     say(f"installing {len(planned)} unit files for {host} (profile {profile}) under {root}")
     outcome = install_mod.run(install_mod.apply(root, host, profile, planned, force=force, timeout=timeout,
-                                                progress=say))
+                                                restart_all=restart_all, progress=say))
     if not outcome.changes.any:
         say("unit files unchanged")
     if as_json:
         changes = outcome.changes
         click.echo(json.dumps({
-            "host": host, "profile": profile, "changed": changes.any,
+            "host": host, "profile": profile, "changed": changes.any or bool(outcome.started or outcome.restarted),
             "added": changes.added, "updated": changes.changed, "removed": changes.removed,
-            "restarted": outcome.restarted,
+            "restarted": outcome.restarted, "started": outcome.started,
             "failed": {unit: why for unit, why in outcome.failed.items()},
         }, indent=1))
     if outcome.failed:

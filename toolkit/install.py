@@ -152,14 +152,19 @@ def journal_tail(unit: str, lines: int = 10) -> list[str]:
 @dataclass
 class Outcome:
     changes: Changes
-    started: dict[str, str] = field(default_factory=dict)  # unit -> job result
+    jobs: dict[str, str] = field(default_factory=dict)  # unit -> start job result
     restarted: list[str] = field(default_factory=list)  # changed services that were running
+    started: list[str] = field(default_factory=list)  # units that were not running before and now run
     failed: dict[str, list[str]] = field(default_factory=dict)  # unit -> why (result, journal lines)
 
 
 async def apply(root: str, host: str, profile: str, planned: list[RenderedFile], *, force: bool = False,
-                timeout: float = 120.0, progress: Callable[[str], None] = lambda line: None) -> Outcome:
-    """Install `planned` under `root` and, when root is '/', bring it up through systemd."""
+                timeout: float = 120.0, restart_all: bool = False,
+                progress: Callable[[str], None] = lambda line: None) -> Outcome:
+    """Install `planned` under `root` and, when root is '/', bring it up through systemd.
+
+    restart_all: restart every running service of ours, not only the changed ones
+    (agentkit itself was upgraded: same unit files, new code)."""
     record = Record.read(root)
     changes = compare(root, planned, record, force)
     with _systemd(root) as manager:
@@ -182,16 +187,17 @@ async def apply(root: str, host: str, profile: str, planned: list[RenderedFile],
             for name in changes.removed:
                 await manager.reset_failed(name)
         await manager.enable([TARGET])
-        await _bring_up(manager, planned, changes, outcome, timeout, progress)
+        await _bring_up(manager, planned, changes, outcome, timeout, progress, restart_all)
         return outcome
 
 
 async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outcome: Outcome,
-                    timeout: float, progress: Callable[[str], None]) -> None:
+                    timeout: float, progress: Callable[[str], None], restart_all: bool = False) -> None:
     wanted_by_target = _target_wants(planned)
     changed = set(changes.changed)
     # A changed unit that runs gets restarted (try-restart: a dormant agent stays dormant).
-    restart = sorted(n for n in _instance_units(changed) if n.endswith(".service"))
+    candidates = [item.path for item in planned] if restart_all else changed
+    restart = sorted(n for n in _instance_units(candidates) if n.endswith(".service"))
     if restart:
         before = await manager.states(restart)
         outcome.restarted = [n for n in restart if before.get(n) is not None
@@ -210,10 +216,14 @@ async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outc
         done += 1
         progress(f"[{done}/{total}] {unit}: {'ok' if result == 'done' else result}")
 
+    running = ("active", "activating", "reloading")
+    before = await manager.states(sockets + services)
     results = await manager.run_jobs("start", sockets + services, timeout=timeout, on_done=on_done)
     await manager.run_jobs("start", [TARGET], timeout=timeout)
-    outcome.started = results
+    outcome.jobs = results
     states = await manager.states(list(results))
+    outcome.started = sorted(u for u in results if (before.get(u) is None or before[u].active_state not in running)
+                             and states.get(u) is not None and states[u].active_state in running)
     for unit, result in results.items():
         state = states.get(unit)
         if result != "done" or (state and state.active_state == "failed"):

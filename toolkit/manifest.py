@@ -39,9 +39,21 @@ _LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# A host name (RFC 1123 labels), an IPv4 address, or an IPv6 address (bare or in brackets).
-_ADDRESS = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
-                      r"[A-Za-z0-9])?)*\.?|\[?[0-9A-Fa-f:.]+(?:%[A-Za-z0-9_.-]+)?\]?)$")
+# A host name: dot-separated labels of letters, digits, '-' and '_' (as manifest host names allow).
+_HOST_LABELS = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}"
+                          r"[A-Za-z0-9_])?)*\.?$")
+
+
+def _is_address(text: str) -> bool:
+    """A host name, an IPv4 address, or an IPv6 address (bare or in brackets, with a zone or not)."""
+    if _HOST_LABELS.match(text) and len(text) <= 253:
+        return True
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ipaddress.ip_address(inner)
+    except ValueError:
+        return False
+    return True
 
 
 # --- value parsers: each returns the parsed value or raises ValueError(message) ---
@@ -241,7 +253,7 @@ def with_addresses(m: Manifest, addresses: dict[str, str], origin: str = "--addr
         if host not in m.hosts:
             raise AgentkitError(f"{origin} {host}={address}: unknown host {host!r} "
                                 f"(hosts in {m.root}: {', '.join(m.hosts)})")
-        if not _ADDRESS.match(address):
+        if not _is_address(address):
             raise AgentkitError(f"{origin} {host}={address}: expected a host name or an IP address")
 
     def env(pairs):

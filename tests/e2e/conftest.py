@@ -102,14 +102,7 @@ def container_factory(e2e_log_dir, agentkit_bin):
         return c
 
     yield factory
-    errors = []
-    for c in reversed(made):
-        try:
-            c.close()
-        except Exception as exc:
-            errors.append(f"{c.name}: {exc}")
-    if errors:
-        pytest.fail("closing containers: " + "; ".join(errors), pytrace=False)
+    _close_each(made, "closing containers", lambda c: c.name)
 
 
 @pytest.fixture
@@ -150,11 +143,16 @@ def lab_factory(container_factory, tmp_path):
         return lab.start()
 
     yield factory
+    _close_each(made, "closing labs", lambda lab: lab.bridge)
+
+
+def _close_each(made: list, what: str, name) -> None:
+    """Close every one of `made`, newest first, even when some fail; then fail naming those."""
     errors = []
-    for lab in reversed(made):
+    for thing in reversed(made):
         try:
-            lab.close()
-        except Exception as exc:
-            errors.append(f"{lab.bridge}: {exc}")
+            thing.close()
+        except Exception as exc:  # close the others anyway
+            errors.append(f"{name(thing)}: {exc}")
     if errors:
-        pytest.fail("closing labs: " + "; ".join(errors), pytrace=False)
+        pytest.fail(f"{what}: " + "; ".join(errors), pytrace=False)

@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
+
+from .twohosts import SSHD_UNIT
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -69,6 +70,7 @@ class Rollout:
         # An inventory source that defines no hosts: it only brings its group_vars.
         (secrets / "hosts.yml").write_text("---\nagentkit_hosts:\n  hosts: {}\n")
         self.inventories = [str(REPO / "inventory"), str(lab.inventory), str(secrets)]
+        self.extra: list[str] = []  # given to every later run
 
     def run(self, *args: str, manifest: Path | None = None, check: bool = True) -> "Run":
         argv = [str(VENV_BIN / "ansible-playbook")]
@@ -77,6 +79,7 @@ class Rollout:
         argv += ["--vault-password-file", str(self.password_file), str(REPO / "ansible" / "site.yml"), *args]
         if manifest is not None:
             argv += ["-e", f"agentkit_manifest_dir={manifest}"]
+        argv += self.extra
         started = time.monotonic()
         result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=_env(self.tmp_path), timeout=1500)
         outcome = Run(result, time.monotonic() - started)
@@ -141,7 +144,7 @@ def invocations(lab, host: str) -> dict[str, str]:
     units = {}
     for block in out.strip().split("\n\n"):
         props = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        if props.get("Id"):
+        if props.get("Id") and props["Id"] != SSHD_UNIT:  # the lab's own sshd is no agent
             units[props["Id"]] = props.get("InvocationID", "")
     return units
 
@@ -214,6 +217,34 @@ def test_rollout_to_two_hosts(lab_factory, tmp_path, record_property):
     check = rollout.run("--check")
     assert {host: check.changed_tasks(host) for host in ("mainpc", "pc2")} == {"mainpc": [], "pc2": []}, check.tail()
     assert {host: invocations(lab, host) for host in ("mainpc", "pc2")} == before
+
+    # 3b. An essential agent stopped by hand: the next run starts it, and says so.
+    ssh_ok(lab, "pc2", ["systemctl", "stop", "agentkit-TieredResponder.service"])
+    healed = rollout.run("-v")
+    assert healed.changed_tasks("pc2") == ["agentkit : Install the units and start the essential agents"]
+    assert healed.changed_tasks("mainpc") == []
+    assert '"agentkit-TieredResponder.service"' in healed.result.stdout.split("Show what agentkit installed")[-1]
+    before["pc2"] = invocations(lab, "pc2")
+    assert "agentkit-TieredResponder.service" in before["pc2"]
+
+    # 3c. A new agentkit (its wheel changes, the unit files do not): every running
+    # service restarts onto it, on both hosts; nothing else changes.
+    source = tmp_path / "agentkit-next"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".venv-litellm", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
+    init = source / "toolkit" / "__init__.py"
+    init.write_text(init.read_text() + "# the next release\n")
+    rollout.extra = ["-e", f"agentkit_source={source}"]
+    upgraded = rollout.run()
+    for host in ("mainpc", "pc2"):
+        assert "agentkit : Install agentkit into its virtualenv" in upgraded.changed_tasks(host)
+        assert upgraded.status("Install the units and start the essential agents", host) == "changed"
+        now = invocations(lab, host)
+        assert set(now) == set(before[host])
+        assert [u for u in now if now[u] == before[host][u]] == [], f"{host}: not restarted onto the new agentkit"
+        before[host] = now
+    again = rollout.run()
+    assert {host: again.changed_tasks(host) for host in ("mainpc", "pc2")} == {"mainpc": [], "pc2": []}
 
     # 4. One agent changes: pc2's TieredResponder now also calls mainpc's RequestCoordinator.
     changed = copy_manifest(tmp_path, "agents-changed")
