@@ -26,6 +26,7 @@ from .errors import AgentkitError
 from .render import TARGET, RenderedFile
 
 UNIT_DIR = "etc/systemd/system"
+RUNNING = ("active", "activating", "reloading")  # ActiveState of a unit that runs or is on its way
 RECORD = "var/lib/agentkit/installed.json"
 
 
@@ -153,7 +154,7 @@ def journal_tail(unit: str, lines: int = 10) -> list[str]:
 class Outcome:
     changes: Changes
     jobs: dict[str, str] = field(default_factory=dict)  # unit -> start job result
-    restarted: list[str] = field(default_factory=list)  # changed services that were running
+    restarted: list[str] = field(default_factory=list)  # services restarted (changed, or all) that were running
     started: list[str] = field(default_factory=list)  # units that were not running before and now run
     failed: dict[str, list[str]] = field(default_factory=dict)  # unit -> why (result, journal lines)
 
@@ -201,8 +202,9 @@ async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outc
     if restart:
         before = await manager.states(restart)
         outcome.restarted = [n for n in restart if before.get(n) is not None
-                             and before[n].active_state in ("active", "activating", "reloading")]
-        progress(f"restarting {len(outcome.restarted)} changed service(s) that are running")
+                             and before[n].active_state in RUNNING]
+        what = "running" if restart_all else "changed running"
+        progress(f"restarting {len(outcome.restarted)} {what} service(s)")
         await manager.run_jobs("try_restart", restart, timeout=timeout)
     sockets = [n for n in wanted_by_target if n.endswith(".socket")]
     for name in sorted(changed & set(sockets)):
@@ -216,14 +218,13 @@ async def _bring_up(manager, planned: list[RenderedFile], changes: Changes, outc
         done += 1
         progress(f"[{done}/{total}] {unit}: {'ok' if result == 'done' else result}")
 
-    running = ("active", "activating", "reloading")
     before = await manager.states(sockets + services)
     results = await manager.run_jobs("start", sockets + services, timeout=timeout, on_done=on_done)
     await manager.run_jobs("start", [TARGET], timeout=timeout)
     outcome.jobs = results
     states = await manager.states(list(results))
-    outcome.started = sorted(u for u in results if (before.get(u) is None or before[u].active_state not in running)
-                             and states.get(u) is not None and states[u].active_state in running)
+    outcome.started = sorted(u for u in results if (before.get(u) is None or before[u].active_state not in RUNNING)
+                             and states.get(u) is not None and states[u].active_state in RUNNING)
     for unit, result in results.items():
         state = states.get(unit)
         if result != "done" or (state and state.active_state == "failed"):
