@@ -18,17 +18,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import xmlrpc.client
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
+from helpers import wait_for
 
 PYTHON = sys.executable
 SUPERVISORD = str(Path(sys.executable).parent / "supervisord")
 PORT_RANGE = range(17500, 17600)  # this suite's ports; other suites use others
 ACTIVATOR = "agentkit-activator"
+ACTIVATOR_MODULE = "agentkit.backends.supervisord.activator"  # python -m ACTIVATOR_MODULE --config PATH
 
 
 def free_ports(count, taken=()):
@@ -50,17 +51,6 @@ def free_ports(count, taken=()):
             if len(found) == count:
                 return found
     raise RuntimeError(f"fewer than {count} free ports in {PORT_RANGE}")
-
-
-def wait_until(predicate, timeout, what, interval=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def listening_inodes(port):
@@ -201,7 +191,7 @@ class Fleet:
         if self.with_activator:
             lines += [
                 f"[program:{ACTIVATOR}]",
-                f"command={PYTHON} -m agentkit.activator --config {self.config}",
+                f"command={PYTHON} -m {ACTIVATOR_MODULE} --config {self.config}",
                 "autostart=true", "autorestart=true", "priority=1", "startsecs=1",
                 f"stdout_logfile={root}/{ACTIVATOR}.out.log", f"stderr_logfile={root}/{ACTIVATOR}.err.log",
                 "stopasgroup=true", "killasgroup=true", "",
@@ -233,15 +223,13 @@ class Fleet:
         self.proc = subprocess.Popen(
             [SUPERVISORD, "-n", "-c", str(self.conf)], cwd=self.root, start_new_session=True,
             stdout=open(self.root / "supervisord.stdout", "wb"), stderr=subprocess.STDOUT)
-        wait_until(lambda: self.sock_path.exists() or self.proc.poll() is not None, timeout,
-                   "supervisord's socket")
+        wait_for(lambda: self.sock_path.exists() or self.proc.poll() is not None, "supervisord's socket", timeout=timeout)
         assert self.proc.poll() is None, f"supervisord exited: {self.read('supervisord.stdout')}"
         if not self.with_activator:
             return self
         # The activator listens on every public port before it does anything else.
-        wait_until(lambda: all(listening_inodes(a.port) for a in self.agents.values())
-                   or self.state(ACTIVATOR) in ("FATAL", "EXITED", "BACKOFF"),
-                   timeout, "the activator's listening sockets")
+        wait_for(lambda: all(listening_inodes(a.port) for a in self.agents.values())
+                   or self.state(ACTIVATOR) in ("FATAL", "EXITED", "BACKOFF"), "the activator's listening sockets", timeout=timeout)
         assert self.state(ACTIVATOR) in ("STARTING", "RUNNING"), self.read(f"{ACTIVATOR}.err.log")
         return self
 
@@ -286,8 +274,8 @@ class Fleet:
 
     def wait_state(self, name, states, timeout):
         states = (states,) if isinstance(states, str) else tuple(states)
-        return wait_until(lambda: self.state(name) in states, timeout, f"{name} in {'/'.join(states)} "
-                          f"(now {self.state(name)})", interval=0.05)
+        return wait_for(lambda: self.state(name) in states, f"{name} in {'/'.join(states)} "
+                          f"(now {self.state(name)})", timeout=timeout, interval=0.05)
 
     def read(self, name):
         try:
@@ -304,8 +292,7 @@ class Fleet:
         supervisord copies a program's stderr into its log file from its own loop: a line
         the activator wrote before it closed a connection may reach the file after.
         """
-        wait_until(lambda: len(re.findall(pattern, self.activator_log())) >= count, timeout,
-                   f"{pattern!r} {count} time(s) in the activator's log:\n{self.activator_log()}")
+        wait_for(lambda: len(re.findall(pattern, self.activator_log())) >= count, f"{pattern!r} {count} time(s) in the activator's log:\n{self.activator_log()}", timeout=timeout)
         return self.activator_log()
 
     def logs(self):

@@ -14,16 +14,16 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from agentkit.activator import ConfigError, load_config, parse_config
+from agentkit.backends.supervisord.config import AgentSpec, Config, ConfigError
 
-from .harness import ACTIVATOR, PYTHON, SUPERVISORD, AgentDef, Fleet, free_ports, listening_inodes, \
-    socket_inodes, wait_until
+from .harness import ACTIVATOR, ACTIVATOR_MODULE, PYTHON, SUPERVISORD, AgentDef, Fleet, free_ports, \
+    listening_inodes, socket_inodes
+from helpers import wait_for
 
 needs_supervisord = pytest.mark.skipif(not Path(SUPERVISORD).exists(),
                                        reason=f"{SUPERVISORD} is missing: pip install supervisor")
@@ -130,8 +130,7 @@ def test_a_restarted_activator_adopts_running_agents(fleet):
     first = f.request("I", {"action": "ping"})
     old = f.wait_state(ACTIVATOR, "RUNNING", timeout=10) and f.info(ACTIVATOR)["pid"]
     os.kill(old, signal.SIGKILL)  # supervisord starts a new one at once (autorestart)
-    wait_until(lambda: f.info(ACTIVATOR)["pid"] not in (0, old) and listening_inodes(f.agents["I"].port),
-               10, "a new activator")
+    wait_for(lambda: f.info(ACTIVATOR)["pid"] not in (0, old) and listening_inodes(f.agents["I"].port), "a new activator", timeout=10)
     # The new one forwards to the running agent without starting it again ...
     assert f.request("I", {"action": "ping"})["pid"] == first["pid"]
     assert f.state("I") in ("STARTING", "RUNNING")  # still within its startsecs on a loaded machine
@@ -255,7 +254,9 @@ def test_crash_loop_closes_the_connection_and_spares_the_neighbours(fleet):
     assert f.state("D") == "FATAL"
     log = f.wait_log(r"D: start failed")
     assert re.search(r"D: start failed after \d+ ms: supervisord gave up on it: FATAL \(Exited too quickly", log), log
-    assert "its log ends: 'agentkit-agent: exiting with status 1 at start, as asked (--crash-at-start)'" in log
+    # The agent's last line, with the local time that agentkit's logging puts first outside the journal.
+    assert re.search(r"its log ends: '(\S+ \S+ )?agentkit-agent: exiting with status 1 at start, as asked "
+                     r"\(--crash-at-start\)'", log), log
     # From FATAL, a new connection tries one new start, which fails the same way.
     second = closed_within(d_port, timeout=30)
     assert f.state("D") == "FATAL"
@@ -295,10 +296,10 @@ def test_supervisord_may_come_up_after_the_activator(tmp_path):
     root.mkdir()
     f = Fleet(root, [AgentDef("L")], with_activator=False)
     f.write()
-    activator = subprocess.Popen([PYTHON, "-m", "agentkit.activator", "--config", str(f.config)],
+    activator = subprocess.Popen([PYTHON, "-m", ACTIVATOR_MODULE, "--config", str(f.config)],
                                  stderr=open(root / "activator.err.log", "wb"))
     try:
-        wait_until(lambda: listening_inodes(f.agents["L"].port), 10, "the activator's listener")
+        wait_for(lambda: listening_inodes(f.agents["L"].port), "the activator's listener", timeout=10)
         reply = {}
 
         def ask():
@@ -350,7 +351,7 @@ def test_forwarding_overhead(fleet):
 # --- the command on its own ------------------------------------------------------------
 
 def run_activator(config_path, timeout=10):
-    return subprocess.run([PYTHON, "-m", "agentkit.activator", "--config", str(config_path)],
+    return subprocess.run([PYTHON, "-m", ACTIVATOR_MODULE, "--config", str(config_path)],
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -384,10 +385,10 @@ def test_a_port_in_use_is_named_with_its_agent_and_exits_1(tmp_path):
 def test_sigterm_exits_0_and_closes_the_listeners(tmp_path):
     p1, p2 = free_ports(2)
     path = write_config(tmp_path, [agent_entry("X", p1, p2)])
-    proc = subprocess.Popen([PYTHON, "-m", "agentkit.activator", "--config", str(path)],
+    proc = subprocess.Popen([PYTHON, "-m", ACTIVATOR_MODULE, "--config", str(path)],
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_until(lambda: listening_inodes(p1) or proc.poll() is not None, 10, "the activator's listener")
+        wait_for(lambda: listening_inodes(p1) or proc.poll() is not None, "the activator's listener", timeout=10)
         assert proc.poll() is None, proc.stderr.read()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -441,29 +442,31 @@ def test_forwarding_both_ways_with_half_close_and_back_pressure(fleet, tmp_path)
     assert f.state(ACTIVATOR) == "RUNNING"
 
 
-def test_a_bad_config_exits_1_with_every_problem(tmp_path):
+def test_a_bad_config_exits_1_with_one_clear_message(tmp_path):
     path = write_config(tmp_path, [agent_entry("X", 17599, 17598, idle_stop=0)], fleet="")
     result = run_activator(path)
     assert result.returncode == 1
     lines = [line.split("agentkit-activator: ", 1)[1] for line in result.stderr.splitlines()]
-    assert lines == [
-        f"{path}: fleet: expected a non-empty string, got \"\"",
-        f"{path}: agents[0] (X).idle_stop: expected seconds above zero, got 0",
-        f"2 problem(s) in {path}; not started",
-    ]
+    assert lines == [f"error: {path}: fleet: expected a non-empty string, got \"\"; not started"]
+    path = write_config(tmp_path, [agent_entry("X", 17599, 17598, idle_stop=0)])
+    result = run_activator(path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].endswith(
+        f"agentkit-activator: error: {path}: agents[0] (X).idle_stop: expected seconds above zero, got 0; "
+        "not started"), result.stderr
 
 
-# --- configuration messages ---------------------------------------------------------------
+# --- the schema: agentkit.backends.supervisord.config ---------------------------------------
 
 GOOD = {"fleet": "lab", "host": "lab", "supervisor": "unix:///run/agentkit/supervisor.sock",
         "agents": [agent_entry("X", 7101, 27101, ["Z", "Y"]), agent_entry("Y", 7102, 27102, ["Z"]),
                    agent_entry("Z", 7103, 27103)]}
 
 
-def problems(data, path="lab.json"):
+def problem(data, path="lab.json"):
     with pytest.raises(ConfigError) as info:
-        parse_config(data, path)
-    return info.value.problems
+        Config.from_json(data, path)
+    return str(info.value)
 
 
 def variant(**changes):
@@ -478,77 +481,93 @@ def variant(**changes):
 
 
 def test_good_config_parses():
-    config = parse_config(GOOD, "lab.json")
+    config = Config.from_json(GOOD, "lab.json")
     assert [a.name for a in config.agents] == ["X", "Y", "Z"]
     x = config.agents[0]
     assert x.listen == ("127.0.0.1", 7101) and x.target == ("127.0.0.1", 27101)
     assert x.depends_on == ("Z", "Y") and x.idle_stop == 120.0 and x.start_timeout == 30.0
     assert config.supervisor == "unix:///run/agentkit/supervisor.sock"
+    assert Config.from_json(variant(agent0={"idle_stop": 2})).agents[0].idle_stop == 2.0  # seconds are floats
+
+
+def test_what_the_writer_dumps_the_reader_loads(tmp_path):
+    config = Config(fleet="lab", host="h", supervisor="unix:///s/supervisor.sock", agents=(
+        AgentSpec(name="A", program="A", listen=("0.0.0.0", 7000), target=("127.0.0.1", 27000),
+                  depends_on=("B",), idle_stop=120.0, start_timeout=30.0),
+        AgentSpec(name="B", program="B", listen=("::", 7001), target=("::1", 27001),
+                  depends_on=(), idle_stop=0.5, start_timeout=1.0)))
+    text = config.dumps()
+    assert text.endswith("}\n") and text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
+    assert json.loads(text)["agents"][0]["listen"] == ["0.0.0.0", 7000]
+    path = tmp_path / "activator.json"
+    path.write_text(text)
+    assert Config.load(path) == config
+
+
+def test_the_writer_cannot_build_what_the_reader_would_refuse():
+    spec = dict(program="A", listen=("0.0.0.0", 7000), target=("127.0.0.1", 27000), idle_stop=1.0,
+                start_timeout=1.0)
+    with pytest.raises(ValueError, match=r"unknown agent 'C'"):
+        Config(fleet="f", host="h", supervisor="unix:///s", agents=(AgentSpec(name="A", depends_on=("C",), **spec),))
 
 
 @pytest.mark.parametrize("data, expected", [
-    ([], ["lab.json: expected a JSON object at the top, got array"]),
-    ({k: v for k, v in GOOD.items() if k != "supervisor"}, ["lab.json: supervisor: missing"]),
-    (variant(supervisord="x"), ["lab.json: supervisord: unknown key (did you mean 'supervisor'?); "
-                                "expected fleet, host, supervisor, agents"]),
+    ([], "lab.json: expected an object, got array"),
+    ({k: v for k, v in GOOD.items() if k != "supervisor"}, "lab.json: supervisor: missing"),
+    (variant(supervisord="x"), "lab.json: supervisord: unknown key (did you mean 'supervisor'?); "
+                               "expected fleet, host, supervisor, agents"),
     (variant(supervisor="unix://relative.sock"),
-     ['lab.json: supervisor: expected supervisord\'s server URL, unix:///absolute/path.sock or '
-      'http://host:port, got "unix://relative.sock"']),
-    (variant(agents={}), ["lab.json: agents: expected an array of agents, got object"]),
+     'lab.json: supervisor: expected supervisord\'s server URL, unix:///absolute/path.sock or '
+     'http://host:port, got "unix://relative.sock"'),
+    (variant(agents={}), "lab.json: agents: expected an array, got object"),
+    (variant(agents=[7]), "lab.json: agents[0]: expected an object, got int"),
     (variant(agent0={"listen": ["0.0.0.0", 70000]}),
-     ["lab.json: agents[0] (X).listen: port: expected a TCP port from 1 to 65535, got 70000"]),
+     "lab.json: agents[0] (X).listen: port: expected a TCP port from 1 to 65535, got 70000"),
     (variant(agent0={"listen": "0.0.0.0:7101"}),
-     ['lab.json: agents[0] (X).listen: expected [host, port], got "0.0.0.0:7101"']),
+     'lab.json: agents[0] (X).listen: expected [host, port], got "0.0.0.0:7101"'),
     (variant(agent0={"target": ["localhost", 27101]}),
-     ["lab.json: agents[0] (X).target: host: expected an IP address (e.g. 127.0.0.1 or ::1), got 'localhost'"]),
-    (variant(agent1={"listen": ["0.0.0.0", 7101]}),
-     ["lab.json: agents[1] (Y).listen: 0.0.0.0:7101 clashes with agents[0] (X)'s 127.0.0.1:7101"]),
-    (variant(agent1={"target": ["127.0.0.1", 7101]}),
-     ["lab.json: agents[1] (Y).target: 127.0.0.1:7101 is agents[0] (X)'s public address "
-      "(targets are the agents' private addresses)"]),
+     'lab.json: agents[0] (X).target: host: expected an IP address (e.g. 127.0.0.1 or ::1), got "localhost"'),
     (variant(agent0={"idle_stop": "2min"}),
-     ['lab.json: agents[0] (X).idle_stop: expected seconds above zero, got "2min"']),
+     'lab.json: agents[0] (X).idle_stop: expected seconds above zero, got "2min"'),
     (variant(agent2={"start_timeout": True}),
-     ["lab.json: agents[2] (Z).start_timeout: expected seconds above zero, got true"]),
-    (variant(agent1={"name": "X"}),
-     ["lab.json: agents[1] (X).name: duplicate agent name, also agents[0]",
-      "lab.json: agents[0] (X).depends_on[1]: unknown agent 'Y': dependencies must be agents of this file"]),
-    (variant(agent2={"program": "Y"}), ["lab.json: agents[2] (Z).program: program 'Y' is also agents[1]'s"]),
-    (variant(agent0={"depends_on": ["Y", "Z"]}),
-     ["lab.json: agents[0] (X).depends_on[0]: 'Y' depends on 'Z', which must come before it "
-      "(depends_on is transitive, in start order)"]),
+     "lab.json: agents[2] (Z).start_timeout: expected seconds above zero, got true"),
+    (variant(agent1={"name": "X"}), "lab.json: agents[1] (X).name: duplicate agent name, also agents[0]"),
     (variant(agent0={"depends_on": ["Z", "YY"]}),
-     ["lab.json: agents[0] (X).depends_on[1]: unknown agent 'YY' (did you mean 'Y'?): "
-      "dependencies must be agents of this file"]),
+     "lab.json: agents[0] (X).depends_on[1]: unknown agent 'YY' (did you mean 'Y'?): "
+     "dependencies must be agents of this file"),
     (variant(agent2={"depends_on": ["Z"]}),
-     ["lab.json: agents[2] (Z).depends_on[0]: an agent cannot depend on itself"]),
-    (variant(agent1={"depends_on": ["Z", "Z"]}), ["lab.json: agents[1] (Y).depends_on[1]: 'Z' is listed twice"]),
+     "lab.json: agents[2] (Z).depends_on[0]: an agent cannot depend on itself"),
     (variant(agent1={"depends_on": "Z"}),
-     ['lab.json: agents[1] (Y).depends_on: expected an array of agent names, got "Z"']),
+     'lab.json: agents[1] (Y).depends_on: expected an array of agent names, got "Z"'),
     (variant(agent1={"idle": 3}),
-     ["lab.json: agents[1] (Y).idle: unknown key (did you mean 'idle_stop'?); expected name, program, listen, "
-      "target, depends_on, idle_stop, start_timeout"]),
-    (variant(agent1={"name": ""}), ['lab.json: agents[1].name: expected a non-empty string without spaces, got ""',
-                                     "lab.json: agents[0] (X).depends_on[1]: unknown agent 'Y': "
-                                     "dependencies must be agents of this file"]),
+     "lab.json: agents[1] (Y).idle: unknown key (did you mean 'idle_stop'?); expected name, program, listen, "
+     "target, depends_on, idle_stop, start_timeout"),
+    (variant(agent1={"name": ""}), 'lab.json: agents[1].name: expected a non-empty string without spaces, got ""'),
 ])
 def test_config_problems(data, expected):
-    assert problems(data) == expected
+    assert problem(data) == expected
 
 
-def test_a_missing_key_of_an_agent_is_named():
+def test_a_file_from_another_version_is_refused_by_its_first_difference():
     data = variant()
     del data["agents"][2]["target"]
-    assert problems(data) == ["lab.json: agents[2] (Z).target: missing"]
+    assert problem(data) == "lab.json: agents[2] (Z).target: missing"
+    data = variant(agent0={"ready_timeout": 30.0})
+    del data["agents"][0]["start_timeout"]
+    assert problem(data) == ("lab.json: agents[0] (X).ready_timeout: unknown key (did you mean 'start_timeout'?); "
+                             "expected name, program, listen, target, depends_on, idle_stop, start_timeout")
 
 
-def test_json_syntax_errors_have_line_and_column(tmp_path):
+def test_unreadable_files_are_named(tmp_path):
     path = tmp_path / "activator.json"
     path.write_text('{"fleet": "lab",\n "host": lab}\n')
     with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert info.value.problems == [f"{path}:2:10: not valid JSON: Expecting value"]
+        Config.load(path)
+    assert str(info.value) == f"{path}:2:10: not valid JSON: Expecting value"
     with pytest.raises(ConfigError) as info:
-        load_config(tmp_path / "nope.json")
-    assert info.value.problems == [f"{tmp_path}/nope.json: cannot read the activator's configuration: "
-                                   "No such file or directory"]
+        Config.load(tmp_path / "nope.json")
+    assert str(info.value) == (f"{tmp_path}/nope.json: cannot read the activator's configuration: "
+                               "No such file or directory")
+    path.write_bytes(b'{"fleet": "\xff"}')
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: not UTF-8 text: invalid start byte$"):
+        Config.load(path)
