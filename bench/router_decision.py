@@ -79,7 +79,7 @@ def main() -> int:
     config = load_config()
     pairs = [(task_of(c["task"]), view_of(c["state"])) for c in CASES]
     # select_backend reads the router's own view; one Router per labelled state.
-    gpu = GpuSampler(interval=0.25, stale_after=2.0)
+    gpu = GpuSampler()  # the router's default timing
     gpu.start()
     settings = Settings(policy=config, local_url="http://127.0.0.1:1/v1", cloud_url="http://127.0.0.1:2/v1")
     routers = []

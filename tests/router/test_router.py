@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .conftest import fail_or_skip
 from .standin import StandinBackend
 from .test_policy import CASES, DATA
+from helpers import wait_for
 
 ROUTER = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "agentkit-router"
 KEY = "sk-test-3f9a7c1e-never-print-me"
@@ -36,19 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, what: str, timeout: float = 10.0, step: float = 0.02):
-    """Poll `predicate` until it returns something truthy; bounded in time and count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / step) + 1):
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            break
-        time.sleep(step)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 class RouterProcess:

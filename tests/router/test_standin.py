@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 import openai
@@ -29,6 +29,7 @@ if str(HERE) not in sys.path:
 
 import standin  # noqa: E402
 from standin import StandinBackend  # noqa: E402
+from helpers import wait_for
 
 KEY = "sk-standin-test"
 WAIT = 10.0  # upper bound on any wait in these tests, in seconds
@@ -45,15 +46,6 @@ def _stream_errors() -> tuple[type[BaseException], ...]:
             continue
         errors.append(module.TransportError)
     return tuple(errors)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    """Poll condition() every 10 ms, at most `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
-        time.sleep(0.01)
 
 
 def run(coro: Any, timeout: float = WAIT) -> Any:
@@ -306,7 +298,7 @@ def test_hang_mode_times_the_client_out(backend):
 def test_hang_ends_when_mode_changes(backend, client, pool):
     backend.set_mode("hang")
     pending = pool.submit(chat, client, "wait for it")
-    wait_until(lambda: len(backend.requests) == 1, what="the request to arrive")
+    wait_for(lambda: len(backend.requests) == 1, "the request to arrive")
     time.sleep(0.1)
     assert not pending.done()
     backend.set_mode("ok")
@@ -397,7 +389,7 @@ def test_stop_refuses_then_start_again_on_same_port(backend, client):
 def test_stop_drops_open_connections(backend, client, pool):
     backend.set_mode("hang")
     pending = pool.submit(chat, client, "in flight")
-    wait_until(lambda: len(backend.requests) == 1, what="the request to arrive")
+    wait_for(lambda: len(backend.requests) == 1, "the request to arrive")
     started = time.monotonic()
     backend.stop()
     with pytest.raises(openai.APIConnectionError) as caught:
@@ -450,7 +442,7 @@ def test_fixed_port_and_restart_after_close():
 def test_hold_and_release(backend, client, pool):
     backend.hold()
     pending = [pool.submit(chat, client, f"HOLD number {i}") for i in range(3)]
-    wait_until(lambda: backend.held == 3, what="3 held requests")
+    wait_for(lambda: backend.held == 3, "3 held requests")
     # Requests without the marker are not held.
     assert chat(client, "not me").choices[0].message.content == "local: not me"
     assert not any(f.done() for f in pending)
@@ -472,13 +464,13 @@ def test_hold_counts_only_waiting_requests(backend):
             impatient.completions.create(model="m", prompt="HOLD me")
     finally:
         impatient.close()
-    wait_until(lambda: backend.held == 0, what="the abandoned request to leave hold")
+    wait_for(lambda: backend.held == 0, "the abandoned request to leave hold")
 
 
 def test_stop_ends_held_requests(backend, client, pool):
     backend.hold()
     pending = pool.submit(chat, client, "HOLD on")
-    wait_until(lambda: backend.held == 1, what="1 held request")
+    wait_for(lambda: backend.held == 1, "1 held request")
     backend.stop()
     assert backend.held == 0
     with pytest.raises(openai.APIConnectionError):

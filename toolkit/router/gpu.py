@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import pynvml
 
+from .settings import default, seconds
+
 __all__ = ["GpuSampler", "GpuSnapshot"]
 
 LIBRARY = "libnvidia-ml.so.1"
@@ -45,7 +47,8 @@ def _nvml_reason(prefix: str, error: BaseException) -> str:
 class GpuSampler:
     """Samples free memory of every NVIDIA GPU in a daemon thread."""
 
-    def __init__(self, interval: float = 0.25, stale_after: float = 2.0) -> None:
+    def __init__(self, interval: float = seconds(default("gpu.interval")),
+                 stale_after: float = seconds(default("gpu.stale_after"))) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be positive, not {interval!r}")
         if not stale_after > 0:

@@ -1,4 +1,5 @@
-"""agentkit-router: the command (`agentkit render` writes its flags from the manifest's router section)."""
+"""agentkit-router: the command. Its options are router/settings.py's table (`agentkit render` writes them
+from the manifest's router section; the router's own ones keep their defaults)."""
 
 from __future__ import annotations
 
@@ -7,111 +8,103 @@ import logging
 import os
 import signal
 import sys
+from typing import Any, Callable
 
 import click
 from aiohttp import web
 
-from .. import values
-from ..agent import Notifier
+from .. import logs, parsers
+from ..sdnotify import Notifier
 from .gpu import GpuSampler
-from .policy import THRESHOLD, LocalModel, PolicyConfig
+from .policy import LocalModel, PolicyConfig
 from .server import Router, Settings, make_app, read_key
+from .settings import REQUIRED, ROUTER_OPTIONS, RouterSetting, router_flag_value, seconds
+
+_METAVARS = {parsers.size: "SIZE", parsers.span: "SPAN", parsers.fraction: "NUMBER", parsers.url: "URL",
+             parsers.model_name: "MODEL"}
 
 
-def _size(text: str) -> int:
-    try:
-        value = values.parse_size(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+class SettingType(click.ParamType):
+    """A router setting's text through the table's parser (the manifest loader's); numbers as YAML gives them."""
 
-
-def _seconds(text: str) -> float:
-    try:
-        return values.parse_span(text) / 1_000_000
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-class Size(click.ParamType):
-    name = "SIZE"
+    def __init__(self, setting: RouterSetting) -> None:
+        self.parse = setting.parse
+        kind = getattr(setting.parse, "__qualname__", "").split(".")[0]
+        self.name = _METAVARS.get(setting.parse) or {"whole": "INTEGER", "choice": "LEVEL", "_listen": "HOST:PORT",
+                                                       "_file": "FILE"}.get(kind, "TEXT")
 
     def convert(self, value, param, ctx):
-        return value if isinstance(value, int) else _size(value)
+        if not isinstance(value, str):
+            return value  # already parsed
+        try:
+            return self.parse(value)
+        except ValueError as exc:
+            error = exc
+        number = _number(value)
+        if number is not None:
+            try:
+                return self.parse(number)
+            except ValueError as exc:
+                error = exc
+        self.fail(str(error), param, ctx)
 
 
-class Span(click.ParamType):
-    name = "SPAN"
+def _number(text: str) -> int | float | None:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None
 
-    def convert(self, value, param, ctx):
-        return value if isinstance(value, float) else _seconds(value)
+
+def _param(flag: str) -> str:
+    return flag.lstrip("-").replace("-", "_")
 
 
-def _listen(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+def router_options(command: Callable) -> Callable:
+    """One click option per ROUTER_OPTIONS row, in the table's order."""
+    for key, setting in reversed(ROUTER_OPTIONS.items()):
+        required = setting.default is REQUIRED
+        default = None if required or setting.default is None else router_flag_value(key, setting.default)
+        command = click.option(setting.flag, _param(setting.flag), type=SettingType(setting), required=required,
+                               default=default, help=setting.help)(command)
+    return command
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--listen", default="127.0.0.1:8090", help="HOST:PORT to serve on")
-@click.option("--local-url", required=True, help="the local backend's OpenAI base URL, e.g. http://127.0.0.1:8080/v1")
-@click.option("--local-model", required=True, help="the local model's name")
-@click.option("--local-context-window", type=click.IntRange(1), default=8192, help="tokens, prompt and answer")
-@click.option("--local-kv-per-token", type=Size(), default="128K", help="GPU memory one token of KV cache takes")
-@click.option("--local-max-inflight", type=click.IntRange(1), default=4, help="local requests in flight before overflow")
-@click.option("--small-model", default=None, help="a smaller local model for when the cloud is down and memory short")
-@click.option("--small-context-window", type=click.IntRange(1), default=None, help="default: the local model's")
-@click.option("--small-kv-per-token", type=Size(), default=None)
-@click.option("--cloud-url", required=True, help="the cloud backend's OpenAI base URL")
-@click.option("--cloud-model", required=True)
-@click.option("--cloud-api-key-file", type=click.Path(dir_okay=False), default=None,
-              help="default: $CREDENTIALS_DIRECTORY/cloud-api-key (systemd LoadCredential=)")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=THRESHOLD, help="complexity that goes to the cloud")
-@click.option("--gpu-device", type=click.IntRange(0), default=0, help="NVML index of the local model's GPU")
-@click.option("--gpu-reserve", type=Size(), default="512M", help="GPU memory kept free")
-@click.option("--gpu-capacity", type=Size(), default="8G", help="free GPU memory assumed when NVML tells nothing")
-@click.option("--gpu-interval", type=Span(), default="250ms", help="NVML sampling period")
-@click.option("--gpu-stale-after", type=Span(), default="2s", help="an older snapshot counts as unknown")
-@click.option("--timeout", type=Span(), default="60s", help="a request's deadline to its first byte, retries included")
-@click.option("--attempt-timeout", type=Span(), default="30s",
-              help="one backend's time to answer (or start a stream) before the request fails over")
-@click.option("--connect-timeout", type=Span(), default="2s")
-@click.option("--max-request-size", type=Size(), default="1M", help="larger request bodies get a 413")
-@click.option("--breaker-failures", type=click.IntRange(1), default=3, help="failures in a row that open a circuit")
-@click.option("--breaker-open", type=Span(), default="2s", help="how long an open circuit waits before half-open")
-@click.option("--probe-interval", type=Span(), default="500ms", help="health probes of a backend whose circuit is open (x10 when traffic is quiet)")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@router_options
 def main(**opts) -> None:
     """The GPU-aware LLM router: OpenAI-compatible, local or cloud per request."""
-    logging.basicConfig(level=opts["log_level"].upper(), format="%(levelname)s %(message)s", stream=sys.stderr)
+    o: dict[str, Any] = {key: opts[_param(setting.flag)] for key, setting in ROUTER_OPTIONS.items()}
+    logs.setup("agentkit-router", level=o["log_level"])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    host, port = _listen(opts["listen"])
-    local = LocalModel(opts["local_model"], opts["local_context_window"], opts["local_kv_per_token"])
+    host, port = o["listen"]
+    local = LocalModel(o["local.model"], o["local.context_window"], o["local.kv_cache_per_token"])
     small = None
-    if opts["small_model"]:
-        small = LocalModel(opts["small_model"], opts["small_context_window"] or local.context_window,
-                           opts["small_kv_per_token"] or max(1, local.kv_bytes_per_token // 2))
+    if o["small.model"]:
+        small = LocalModel(o["small.model"], o["small.context_window"] or local.context_window,
+                           o["small.kv_cache_per_token"] or max(1, local.kv_bytes_per_token // 2))
     try:
-        key = read_key(opts["cloud_api_key_file"])
+        key = read_key(o["cloud.key_file"])
     except OSError as exc:
         raise click.ClickException(f"cannot read the cloud API key: {exc.strerror}: {exc.filename}") from None
     settings = Settings(
-        policy=PolicyConfig(local=local, cloud_model=opts["cloud_model"], small=small, threshold=opts["threshold"],
-                            max_inflight=opts["local_max_inflight"], gpu_reserve=opts["gpu_reserve"],
-                            gpu_capacity=opts["gpu_capacity"]),
-        local_url=opts["local_url"], cloud_url=opts["cloud_url"], cloud_api_key=key, gpu_device=opts["gpu_device"],
-        timeout=opts["timeout"], attempt_timeout=opts["attempt_timeout"], connect_timeout=opts["connect_timeout"], max_request_bytes=opts["max_request_size"],
-        breaker_failures=opts["breaker_failures"], breaker_open_for=opts["breaker_open"],
-        probe_interval=opts["probe_interval"],
+        policy=PolicyConfig(local=local, cloud_model=o["cloud.model"], small=small, threshold=o["threshold"],
+                            max_inflight=o["local.max_inflight"], gpu_reserve=o["gpu.reserve"],
+                            gpu_capacity=o["gpu.capacity"]),
+        local_url=o["local.url"], cloud_url=o["cloud.url"], cloud_api_key=key, gpu_device=o["gpu.device"],
+        timeout=seconds(o["timeout"]), attempt_timeout=seconds(o["attempt_timeout"]),
+        connect_timeout=seconds(o["connect_timeout"]), max_request_bytes=o["max_request_size"],
+        breaker_failures=o["breaker.failures"], breaker_open_for=seconds(o["breaker.open_for"]),
+        probe_interval=seconds(o["probe_interval"]),
     )
     try:
         import uvloop
     except ImportError:
         uvloop = None
     runner = uvloop.run if uvloop is not None else asyncio.run
-    sys.exit(runner(serve(settings, host, port, opts["gpu_interval"], opts["gpu_stale_after"])))
+    sys.exit(runner(serve(settings, host, port, seconds(o["gpu.interval"]), seconds(o["gpu.stale_after"]))))
 
 
 async def serve(settings: Settings, host: str, port: int, gpu_interval: float, gpu_stale_after: float) -> int:

@@ -37,6 +37,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .settings import default
+
 LOCAL = "local"
 CLOUD = "cloud"
 BACKENDS = (LOCAL, CLOUD)
@@ -57,7 +59,7 @@ TASK_SCORES: dict[str, float] = {
     "command_parsing": 0.3,
     "emotion_detection": 0.4,
 }
-THRESHOLD = 0.7
+THRESHOLD: float = default("threshold")
 DEFAULT_MAX_TOKENS = 512  # the answer's length when a request does not say
 
 
@@ -74,9 +76,9 @@ class PolicyConfig:
     cloud_model: str
     small: LocalModel | None = None  # a smaller local model for when the cloud is down and memory short
     threshold: float = THRESHOLD
-    max_inflight: int = 4  # local requests in flight before new ones overflow to the cloud
-    gpu_reserve: int = 512 << 20  # bytes kept free on the GPU
-    gpu_capacity: int = 8 << 30  # free bytes assumed when NVML tells nothing
+    max_inflight: int = default("local.max_inflight")  # local requests in flight before new ones overflow to the cloud
+    gpu_reserve: int = default("gpu.reserve")  # bytes kept free on the GPU
+    gpu_capacity: int = default("gpu.capacity")  # free bytes assumed when NVML tells nothing
     task_scores: dict[str, float] = field(default_factory=lambda: dict(TASK_SCORES))
 
 

@@ -34,6 +34,7 @@ from .breaker import Breaker
 from .gpu import GpuSampler
 from .metrics import CONTENT_TYPE, Metrics
 from .policy import CLOUD, LOCAL, Decision, PolicyConfig, Task, View
+from .settings import default, seconds
 
 log = logging.getLogger("agentkit.router")
 
@@ -47,15 +48,16 @@ class Settings:
     local_url: str  # base URL, e.g. http://127.0.0.1:8080/v1
     cloud_url: str
     cloud_api_key: str | None = None
-    gpu_device: int = 0
-    timeout: float = 60.0  # a request's deadline to its first byte, retries included
-    attempt_timeout: float = 30.0  # one backend's time to answer (or start streaming) before failing over
-    connect_timeout: float = 2.0
+    # The defaults of agentkit-router's options, in seconds where the table says microseconds.
+    gpu_device: int = default("gpu.device")
+    timeout: float = seconds(default("timeout"))  # a request's deadline to its first byte, retries included
+    attempt_timeout: float = seconds(default("attempt_timeout"))  # one backend's time to answer (or start streaming)
+    connect_timeout: float = seconds(default("connect_timeout"))
     stream_idle_timeout: float = 60.0
-    max_request_bytes: int = 1 << 20
-    breaker_failures: int = 3
-    breaker_open_for: float = 2.0
-    probe_interval: float = 0.5
+    max_request_bytes: int = default("max_request_size")
+    breaker_failures: int = default("breaker.failures")
+    breaker_open_for: float = seconds(default("breaker.open_for"))
+    probe_interval: float = seconds(default("probe_interval"))
     backoff_base: float = 0.05
     backoff_max: float = 2.0
 
