@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 AGENTKIT = str(REPO / ".venv" / "bin" / "agentkit")
 CHAIN = ["UnifiedWebAgent", "FileSystemAssistantAgent", "UnifiedUtilsAgent"]
 
-from agentkit import manifest as manifest_mod, supervisor_run  # noqa: E402
+from agentkit import manifest as manifest_mod  # noqa: E402
+from agentkit.backends.supervisord import run as supervisor_run  # noqa: E402
 
 
 def request(ctx, port: int, action: str = "ping", timeout: float = 30.0) -> tuple[float, dict]:
@@ -81,7 +82,7 @@ def main() -> int:
         if up.returncode != 0:
             print(up.stdout, up.stderr, file=sys.stderr)
             return 1
-        rpcs = {host: supervisor_run._rpc(d) for host, d in dirs.items()}
+        rpcs = {host: supervisor_run.rpc(d) for host, d in dirs.items()}
 
         def stop(names):
             for name in names:

@@ -39,7 +39,7 @@ from pathlib import Path
 import yaml
 
 from agentkit import manifest as manifest_mod
-from agentkit import render
+from agentkit.backends.systemd import render
 from agentkit.errors import ManifestError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -175,7 +175,7 @@ def test_bad_address_overrides_are_clear_errors(tmp_path, arg, message):
 
 
 def test_readme_documents_every_agent_setting():
-    from agentkit.manifest import AGENT_SETTINGS
+    from agentkit.settings import AGENT_SETTINGS
 
     readme = (REPO / "README.md").read_text()
     missing = [name for name in AGENT_SETTINGS if f"`{name}`" not in readme]

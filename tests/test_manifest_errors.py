@@ -1116,3 +1116,60 @@ def test_the_router_port_clashes_with_an_agent_port(workdir):
     root = write_manifest(workdir, {"a.yaml": "agents:\n  A: {host: alpha, port: 8090, command: [/bin/true]}\n"},
                           fleet=fleet(ROUTER))
     assert problems_in(root) == ["agents/a.yaml:2: agents.A.port: 8090 is also used on alpha by the router (router.port)"]
+
+
+# --- what only a backend would refuse, reported by validate (one validation) ---
+
+def test_a_private_port_under_supervisord_that_is_another_agents_health_port(workdir):
+    # Systemd never uses a native agent's port + private_port_offset; supervisord does,
+    # so validate reports the clash where `render --backend supervisord` used to fail.
+    root = write_manifest(workdir, {"g.yaml": group("""\
+        Lazy:
+          port: 5000
+        Busy:
+          essential: true
+          port: 6000
+          health_port: 25000
+        """)})
+    assert problems_in(root) == [
+        "agents/g.yaml:6: agents.Lazy.port: under supervisord it listens on 127.0.0.1:25000 (port 5000 + "
+        "private_port_offset 20000), which is also used on alpha by Busy.health_port (change "
+        "private_port_offset, or use activation: proxy with a private_port)"]
+
+
+def test_a_private_port_under_supervisord_above_65535(workdir):
+    root = write_manifest(workdir, {"g.yaml": group("""\
+        High:
+          port: 50000
+        """)})
+    assert problems_in(root) == [
+        "agents/g.yaml:6: agents.High.port: under supervisord it listens on a private port, and port 50000 + "
+        "private_port_offset 20000 is above 65535 (lower private_port_offset, or use activation: proxy with a "
+        "private_port)"]
+
+
+def test_a_host_variable_supervisord_cannot_hold_is_reported_at_the_host_once(workdir):
+    root = write_manifest(workdir, {"g.yaml": group("""\
+        One: {essential: true, port: 5000}
+        Two: {essential: true, port: 5001}
+        """)},
+        fleet="hosts:\n  alpha:\n    environment: {NOTE: \"a ;b\"}\n")
+    assert problems_in(root) == [
+        "agents/fleet.yaml:3: hosts.alpha.environment.NOTE: 'a ;b' cannot be written for supervisord: its "
+        "config parser takes ';' or '#' after white space as the start of a comment"]
+
+
+@pytest.mark.parametrize("argv", [["-m", "lab", "validate"], ["validate", "-m", "lab"],
+                                  ["validate", "--manifest", "lab"], ["--debug", "validate", "-m", "lab", "--debug"]])
+def test_common_options_go_before_or_after_the_subcommand(workdir, argv):
+    shutil.copytree(REFERENCE, workdir / "lab")
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("lab: 77 agents on 2 hosts")
+
+
+def test_address_after_the_subcommand_reaches_the_model(workdir):
+    shutil.copytree(REFERENCE, workdir / "lab")
+    result = CliRunner().invoke(cli, ["show", "--json", "-m", "lab", "--address", "mainpc=10.1.2.3"])
+    assert result.exit_code == 0, result.output
+    assert '"address": "10.1.2.3"' in result.output

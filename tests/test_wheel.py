@@ -8,7 +8,8 @@ import zipfile
 
 import pytest
 
-from agentkit import manifest, render
+from agentkit import manifest
+from agentkit.backends.systemd import render
 
 from conftest import REPO
 
@@ -24,9 +25,12 @@ def test_wheel_in_a_fresh_venv_renders_what_the_checkout_renders(tmp_path):
                    check=True, timeout=600)
     (wheel,) = wheels.glob("agentkit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    for template in ("agent.service.j2", "agent.socket.j2", "proxy.service.j2", "agentkit.target.j2",
-                     "agentkit.slice.j2", "hardening.j2"):
-        assert f"agentkit/templates/{template}" in names
+    templates = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "templates").glob("*/*.j2"))
+    assert len(templates) > 8
+    for template in templates:  # each backend's templates folder
+        assert f"agentkit/{template}" in names
+    modules = sorted(p.relative_to(REPO / "toolkit").as_posix() for p in (REPO / "toolkit").rglob("*.py"))
+    assert [m for m in modules if f"agentkit/{m}" not in names] == []  # every package is listed in pyproject
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)

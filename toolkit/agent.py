@@ -11,14 +11,16 @@ the configuration is known to be good, hashlib and json when first needed, and
 the health port is a few lines over a raw socket (http.server costs ~30 ms).
 """
 
+import logging
 import os
 import signal
 import socket
 import sys
-import threading
 import time
 
-from . import __version__
+from . import __version__, env as contract, logs
+from .agent_parts import Health, burn_cpu, hold_memory
+from .sdnotify import Notifier, listen_fds
 
 STARTED = time.monotonic()
 MiB = 1024 * 1024
@@ -82,23 +84,23 @@ class Config:
     __slots__ = ("name", "host", "port", "health_port", "activation", "bind", "idle_stop", "depends")
 
     def __init__(self, env):
-        self.name = env.get("AGENTKIT_AGENT", "")
+        self.name = env.get(contract.AGENT, "")
         if not self.name:
             raise ConfigError("AGENTKIT_AGENT is not set (the agent's name)")
-        self.host = env.get("AGENTKIT_HOST") or socket.gethostname()
-        self.activation = env.get("AGENTKIT_ACTIVATION") or "none"
+        self.host = env.get(contract.HOST) or socket.gethostname()
+        self.activation = env.get(contract.ACTIVATION) or "none"
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"AGENTKIT_ACTIVATION={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
-        self.port = _port(env, "AGENTKIT_PORT")
-        self.health_port = _port(env, "AGENTKIT_HEALTH_PORT", required=False)
+        self.port = _port(env, contract.PORT)
+        self.health_port = _port(env, contract.HEALTH_PORT, required=False)
         self.bind = None
         if self.activation == "proxy":
-            if not env.get("AGENTKIT_BIND"):
+            if not env.get(contract.BIND):
                 raise ConfigError("AGENTKIT_BIND is not set (proxy mode: the private host:port to listen on)")
-            self.bind = _address(env["AGENTKIT_BIND"], "AGENTKIT_BIND")
+            self.bind = _address(env[contract.BIND], contract.BIND)
         self.idle_stop = None
-        if self.activation == "native" and env.get("AGENTKIT_IDLE_STOP"):
-            raw = env["AGENTKIT_IDLE_STOP"]
+        if self.activation == "native" and env.get(contract.IDLE_STOP):
+            raw = env[contract.IDLE_STOP]
             try:
                 self.idle_stop = float(raw)
             except ValueError:
@@ -106,7 +108,7 @@ class Config:
             if not 0 < self.idle_stop < float("inf"):
                 raise ConfigError(f"AGENTKIT_IDLE_STOP={raw!r}: expected seconds above zero")
         self.depends = []
-        for item in env.get("AGENTKIT_DEPENDS", "").split(","):
+        for item in env.get(contract.DEPENDS, "").split(","):
             if not item.strip():
                 continue
             name, sep, address = item.strip().partition("=")
@@ -148,54 +150,6 @@ def _non_negative(text):
     return value
 
 
-# --- systemd: sd_notify and socket activation -------------------------------------
-
-class Notifier:
-    """sd_notify(3) over NOTIFY_SOCKET, and the watchdog's schedule."""
-
-    def __init__(self, env):
-        self.sock = None
-        self.address = env.get("NOTIFY_SOCKET", "")
-        if self.address[:1] in ("/", "@"):
-            if self.address[0] == "@":
-                self.address = "\0" + self.address[1:]
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        elif self.address:
-            log(f"NOTIFY_SOCKET={self.address!r} is not a unix socket address; not notifying")
-        self.interval = None
-        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
-            self.interval = int(usec) / 2e6
-        self.next_watchdog = time.monotonic()  # the first WATCHDOG=1 goes out on the first tick
-        self.warned = False
-
-    def send(self, *lines):
-        if self.sock is None:
-            return
-        try:
-            self.sock.sendto("\n".join(lines).encode(), self.address)
-        except OSError as exc:
-            if not self.warned:
-                self.warned = True
-                log(f"cannot notify {self.address!r}: {exc}")
-
-    def tick(self, now=None):
-        """WATCHDOG=1 if it is due; call it from the loop that does the work, never from a side thread."""
-        if self.interval is None:
-            return
-        now = time.monotonic() if now is None else now
-        if now >= self.next_watchdog:
-            self.send("WATCHDOG=1")
-            self.next_watchdog = now + self.interval
-
-    def until_watchdog(self, now):
-        return None if self.interval is None else max(0.0, self.next_watchdog - now)
-
-    def close(self):
-        if self.sock is not None:
-            self.sock.close()
-
-
 class Signals:
     """SIGTERM and SIGINT as a flag plus a wakeup fd that every blocking poll also watches.
 
@@ -234,23 +188,6 @@ class Signals:
             signal.signal(signum, signal.SIG_IGN)
 
 
-def listen_fds(env):
-    """sd_listen_fds_with_names(unset_environment=1): [(fd, name)] passed to this process."""
-    pid, count, names = (env.pop(key, "") for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))
-    if pid != str(os.getpid()) or not count.isdigit():
-        return []
-    names = names.split(":") if names else []
-    fds = []
-    for i in range(int(count)):
-        fd = 3 + i
-        try:
-            os.set_inheritable(fd, False)  # ours, not our children's
-        except OSError:
-            continue  # LISTEN_FDS counted more than we got
-        fds.append((fd, names[i] if i < len(names) else "unknown"))
-    return fds
-
-
 def pick_agent_fd(fds):
     for fd, name in fds:
         if name == "agent":
@@ -280,91 +217,6 @@ def check_listening(fd):
                               "(the socket unit needs ListenStream= and Accept=no)")
     finally:
         probe.close()
-
-
-# --- work that stands in for a model ------------------------------------------------
-
-def burn_cpu(seconds, tick):
-    """`seconds` of this thread's CPU time spent hashing; tick() between slices of ~1 ms."""
-    if seconds <= 0:
-        return 0.0
-    import hashlib
-    digest = hashlib.sha256()
-    block = b"\x5a" * 65536
-    start = time.thread_time()
-    end = start + seconds
-    while time.thread_time() < end:
-        for _ in range(4):
-            digest.update(block)
-        tick()
-    return time.thread_time() - start
-
-
-def hold_memory(mb):
-    """M MB that are really resident: every page written once."""
-    size = int(mb * MiB)
-    buf = bytearray(size)
-    pages = (size + PAGE - 1) // PAGE
-    buf[::PAGE] = b"\x01" * pages
-    return buf
-
-
-# --- the health port ----------------------------------------------------------------
-
-class Health:
-    """GET /health over HTTP/1.0 on a raw socket, one short-lived thread per connection."""
-
-    def __init__(self, port, status):
-        self.status = status
-        self.sock = socket.create_server(("0.0.0.0", port), backlog=64)
-        self.thread = threading.Thread(target=self._accept, name="health", daemon=True)
-        self.thread.start()
-
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn):
-        import json
-        try:
-            conn.settimeout(5)
-            data = b""
-            while b"\n\r\n" not in data and b"\n\n" not in data and len(data) < 8192:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            parts = data.split(b"\n", 1)[0].decode("latin-1").split()
-            method = parts[0] if parts else ""
-            path = parts[1].split("?", 1)[0] if len(parts) > 1 else ""
-            if len(parts) < 2:
-                code, body = "400 Bad Request", {"error": "bad request"}
-            elif path != "/health":
-                code, body = "404 Not Found", {"error": f"not found: {path}", "see": "/health"}
-            elif method not in ("GET", "HEAD"):
-                code, body = "405 Method Not Allowed", {"error": f"method {method} not allowed"}
-            else:
-                code, body = "200 OK", self.status()
-            payload = json.dumps(body).encode()
-            allow = "Allow: GET, HEAD\r\n" if code.startswith("405") else ""
-            head = (f"HTTP/1.0 {code}\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-                    f"Cache-Control: no-store\r\n{allow}Connection: close\r\n\r\n").encode()
-            conn.sendall(head if method == "HEAD" else head + payload)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the health thread
-        except OSError:
-            pass
-        self.sock.close()
 
 
 # --- the agent ----------------------------------------------------------------------
@@ -595,11 +447,15 @@ def _number(request, key, default):
     return float(value)
 
 
+PROG = "agentkit-agent"
+
+
 def log(message):
-    print(f"agentkit-agent: {message}", file=sys.stderr, flush=True)
+    logging.getLogger(PROG).info(message)
 
 
 def main(argv=None):
+    logs.setup(PROG)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.crash_at_start:
         log("exiting with status 1 at start, as asked (--crash-at-start)")

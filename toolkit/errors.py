@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -31,3 +32,9 @@ class ManifestError(AgentkitError):
     def __init__(self, problems: list[Problem]):
         self.problems = sorted(set(problems))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def did_you_mean(name: str, known) -> str:
+    """' (did you mean 'X'?)' for the closest of `known`, else ''."""
+    hint = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""

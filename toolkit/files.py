@@ -1,4 +1,4 @@
-"""Writing rendered files: atomic, and never over what agentkit did not write."""
+"""Rendered files, and writing them: atomic, and never over what agentkit did not write."""
 
 from __future__ import annotations
 
@@ -6,11 +6,20 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import AgentkitError
 
-# What a host directory of agentkit's may hold; anything else there is the user's.
+@dataclass(frozen=True)
+class RenderedFile:
+    """One file a backend plans: its path relative to the host's directory, and its text."""
+
+    path: str
+    text: str
+
+
+# What a host directory of agentkit's units may hold; anything else there is the user's.
 OURS = re.compile(r"^agentkit[A-Za-z0-9_.:@-]*\.(service|socket|slice|target|timer)$")
 
 
@@ -31,25 +40,25 @@ def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
         raise
 
 
-def foreign_files(directory: str) -> list[str]:
+def foreign_files(directory: str, ours: re.Pattern[str] = OURS) -> list[str]:
     if not os.path.isdir(directory):
         return []
-    return sorted(name for name in os.listdir(directory) if not OURS.match(name))
+    return sorted(name for name in os.listdir(directory) if not ours.match(name))
 
 
-def check_replaceable(directory: str) -> None:
-    """Refuse a directory that holds files agentkit would not have written."""
+def check_replaceable(directory: str, ours: re.Pattern[str] = OURS) -> None:
+    """Refuse a directory that holds files agentkit would not have written (`ours`: the backend's names)."""
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise AgentkitError(f"{directory}: exists and is not a directory")
-    foreign = foreign_files(directory)
+    foreign = foreign_files(directory, ours)
     if foreign:
         raise AgentkitError(f"{directory}: holds files agentkit did not write ({', '.join(foreign[:5])}"
                             f"{', ...' if len(foreign) > 5 else ''}); choose another --out")
 
 
-def replace_tree(directory: str, files: Iterable) -> None:
-    """Make `directory` hold exactly `files` (RenderedFile), swapping a complete new tree in."""
-    check_replaceable(directory)
+def replace_tree(directory: str, files: Iterable[RenderedFile], ours: re.Pattern[str] = OURS) -> None:
+    """Make `directory` hold exactly `files`, swapping a complete new tree in."""
+    check_replaceable(directory, ours)
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.new-", dir=parent)
@@ -58,7 +67,7 @@ def replace_tree(directory: str, files: Iterable) -> None:
             target = os.path.join(staging, item.path)
             with open(target, "w", encoding="utf-8") as handle:
                 handle.write(item.text)
-            os.chmod(target, item.mode)
+            os.chmod(target, 0o644)
         os.chmod(staging, 0o755)
         if os.path.isdir(directory):
             old = staging.replace(".new-", ".old-")

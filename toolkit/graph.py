@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 from typing import Iterable, Mapping, Sequence
 
+from .errors import AgentkitError
 from .model import Agent, Manifest
 
 
@@ -106,6 +107,16 @@ def selected(manifest: Manifest, profile: str | None = None) -> list[Agent]:
         return list(manifest.agents.values())
     keep = closure(manifest, chosen.agents)
     return [a for a in manifest.agents.values() if a.essential or a.name in keep]
+
+
+def on_host(manifest: Manifest, host: str, profile: str | None = None) -> list[Agent]:
+    """The agents `profile` (default: the manifest's) puts on `host`, manifest order;
+    an unknown host or profile is an AgentkitError."""
+    if host not in manifest.hosts:
+        raise AgentkitError(f"unknown host {host!r} (hosts in {manifest.root}: {', '.join(manifest.hosts)})")
+    if profile is not None and profile not in manifest.profiles:
+        raise AgentkitError(f"unknown profile {profile!r} (profiles: {', '.join(manifest.profiles)})")
+    return [a for a in selected(manifest, profile) if a.host == host]
 
 
 def cross_host(manifest: Manifest) -> list[tuple[Agent, Agent]]:

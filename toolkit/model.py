@@ -1,7 +1,8 @@
 """The manifest as frozen dataclasses: what the user asked for, resolved and checked.
 
-Everything here is plain data. Loading and validation live in manifest.py,
-dependency reasoning in graph.py, rendering in render.py.
+Everything here is plain data. Field names are the manifest's setting names
+(settings.py); spans are microseconds, sizes bytes. Loading and validation live
+in manifest.py, dependency reasoning in graph.py, rendering in the backends.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ class Location:
 @dataclass(frozen=True)
 class Restart:
     policy: str  # systemd Restart=: no, on-failure, always, ...
-    delay_us: int  # RestartSec=
+    delay: int  # RestartSec=, microseconds
     burst: int  # StartLimitBurst=
-    interval_us: int  # StartLimitIntervalSec=
+    interval: int  # StartLimitIntervalSec=, microseconds
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,10 @@ class Agent:
     depends_on: tuple[str, ...]
     activation: str  # "none" for essential agents, else "native" or "proxy"
     private_port: int | None  # where the agent listens behind the proxy (proxy mode)
-    idle_stop_us: int
+    idle_stop: int  # microseconds, as every time span of the model
     service_type: str  # simple, exec or notify
-    start_timeout_us: int
-    watchdog_us: int | None
+    start_timeout: int
+    watchdog: int | None
     restart: Restart
     memory_max: int | str | None
     cpu_weight: int | None
@@ -123,6 +124,7 @@ class Manifest:
     slices: dict[str, Slice]
     profiles: dict[str, Profile]
     default_profile: str
+    private_port_offset: int  # proxy mode (and supervisord): an agent's private port is port + this
     router: RouterSpec | None = None
 
     def on_host(self, host: str) -> list[Agent]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -67,19 +68,6 @@ def status(container, manifest: Path, host: str) -> dict[str, dict]:
     result = container.run([AGENTKIT, "-m", str(manifest), "status", "--json", "--host", host], check=False)
     assert result.returncode in (0, 1), result.stderr
     return {a["name"]: a for a in json.loads(result.stdout)["agents"]}
-
-
-def wait_for(what: str, condition, timeout: float = 30.0, interval: float = 0.1):
-    """Poll `condition` until it returns something truthy; bounded in time and count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 1):
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            break
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def show(container, unit: str, *props: str) -> dict[str, str]:
@@ -195,8 +183,7 @@ def test_an_idle_agent_stops_by_itself_and_is_dormant_again(container_factory, t
     assert status(container, manifest, "lab")["Echo"]["state"] == "dormant"
     first = request(17101, {"action": "ping"})
     assert status(container, manifest, "lab")["Echo"]["state"] == "active"
-    wait_for("Echo to stop after 3s idle",
-             lambda: status(container, manifest, "lab")["Echo"]["state"] == "dormant", timeout=30)
+    wait_for(lambda: status(container, manifest, "lab")["Echo"]["state"] == "dormant", "Echo to stop after 3s idle", timeout=30)
     assert show(container, "agentkit-Echo.service", "Result")["Result"] == "success"  # exited 0: no restart
     second = request(17101, {"action": "ping"})  # the socket still listens: a new start
     assert second["ok"] and second["pid"] != first["pid"]
@@ -261,8 +248,8 @@ def test_a_crash_looping_agent_is_given_up_on_but_its_socket_comes_back(containe
     install(container, manifest, "lab")
     with pytest.raises(zmq.Again):
         request(17103, {"action": "ping"}, timeout=5)  # wakes it: it crashes at every start
-    wait_for("systemd to give up on Crashy", lambda: show(container, "agentkit-Crashy.socket", "Result")["Result"]
-             == "service-start-limit-hit", timeout=30)
+    wait_for(lambda: show(container, "agentkit-Crashy.socket", "Result")["Result"]
+             == "service-start-limit-hit", "systemd to give up on Crashy", timeout=30)
     # burst 4: four starts ran, then systemd refused the next restart.
     assert container.journal("agentkit-Crashy.service").count("as asked (--crash-at-start)") == 4
     assert show(container, "agentkit-Crashy.service", "ActiveState")["ActiveState"] == "failed"
@@ -270,9 +257,9 @@ def test_a_crash_looping_agent_is_given_up_on_but_its_socket_comes_back(containe
     assert crashy["state"] == "failed" and "start limit hit" in crashy["detail"], crashy
     # systemd failed the socket too; it listens again after the start-limit
     # window, through agentkit-rearm@.timer.
-    wait_for("the socket to listen again", lambda: show(container, "agentkit-Crashy.socket", "ActiveState",
+    wait_for(lambda: show(container, "agentkit-Crashy.socket", "ActiveState",
                                                         "SubState") == {"ActiveState": "active",
-                                                                         "SubState": "listening"}, timeout=30)
+                                                                         "SubState": "listening"}, "the socket to listen again", timeout=30)
     assert status(container, manifest, "lab")["Fine"]["state"] == "dormant"  # the neighbour is untouched
     assert request(17104, {"action": "ping"})["ok"]
 
@@ -333,10 +320,8 @@ def test_proxy_mode_starts_the_agent_behind_systemd_socket_proxyd_and_stops_both
     for unit in ("agentkit-Legacy.service", "agentkit-Legacy-proxy.service"):
         assert show(container, unit, "ActiveState")["ActiveState"] == "active", unit
     # Idle: the proxy exits, and the agent, no longer needed, is stopped with it.
-    wait_for("the proxy and the agent to stop after 3s idle",
-             lambda: show(container, "agentkit-Legacy.service", "ActiveState")["ActiveState"] == "inactive"
-             and show(container, "agentkit-Legacy-proxy.service", "ActiveState")["ActiveState"] == "inactive",
-             timeout=30)
+    wait_for(lambda: show(container, "agentkit-Legacy.service", "ActiveState")["ActiveState"] == "inactive"
+             and show(container, "agentkit-Legacy-proxy.service", "ActiveState")["ActiveState"] == "inactive", "the proxy and the agent to stop after 3s idle", timeout=30)
     assert show(container, "agentkit-Legacy-proxy.service", "Result")["Result"] == "success"
     assert status(container, manifest, "lab")["Legacy"]["state"] == "dormant"
     # A native agent that depends on it starts it (Requires=) and reaches it through

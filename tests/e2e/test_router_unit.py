@@ -17,7 +17,8 @@ import pytest
 from router.standin import StandinBackend
 
 from . import test_fleet
-from .test_fleet import install, wait_for
+from .test_fleet import install
+from helpers import wait_for
 
 KEY = "sk-e2e-5b1d0c7a-never-in-a-unit-file"
 KEY_FILE = "/etc/agentkit/credentials/router-cloud-key"
@@ -82,7 +83,7 @@ def test_the_router_unit_runs_hardened_and_gets_its_key_as_a_credential(containe
         assert container.systemctl("is-active", "agentkit-router.service").stdout.strip() == "active"
 
         # No key file yet: the empty default credential lets it start, and it says so.
-        health = wait_for("the router to answer", answering)
+        health = wait_for(answering, "the router to answer")
         assert health["backends"]["cloud"]["api_key"] == "none"
         assert health["gpu"]["nvml"] is False  # no NVIDIA driver in the container
         journal = container.journal("agentkit-router.service")
@@ -91,8 +92,8 @@ def test_the_router_unit_runs_hardened_and_gets_its_key_as_a_credential(containe
         # The key arrives as a root-only file; the router reads it through LoadCredential=.
         container.write_file(KEY_FILE, KEY + "\n", mode=0o600)
         container.systemctl("restart", "agentkit-router.service")
-        health = wait_for("the router to answer with its key", lambda: (h := answering()) and
-                          h["backends"]["cloud"]["api_key"] == "set" and h)
+        health = wait_for(lambda: (h := answering()) and
+                          h["backends"]["cloud"]["api_key"] == "set" and h, "the router to answer with its key")
         backend, reply = chat("code_generation")
         assert backend == "cloud" and reply["model"] == "cloud-large"
         assert cloud.requests[-1]["headers"]["authorization"] == f"Bearer {KEY}"
@@ -117,9 +118,9 @@ def test_the_router_unit_runs_hardened_and_gets_its_key_as_a_credential(containe
 
         # A crash is restarted by systemd, and the key is there again.
         container.run(["kill", "-9", pid])
-        wait_for("a new router process", lambda: container.systemctl(
-            "show", "agentkit-router.service", "--property=MainPID").stdout.strip() not in ("MainPID=0", f"MainPID={pid}"))
-        wait_for("the restarted router to answer", answering)
+        wait_for(lambda: container.systemctl(
+            "show", "agentkit-router.service", "--property=MainPID").stdout.strip() not in ("MainPID=0", f"MainPID={pid}"), "a new router process")
+        wait_for(answering, "the restarted router to answer")
         assert chat("training")[0] == "cloud"
         assert cloud.requests[-1]["headers"]["authorization"] == f"Bearer {KEY}"
         exposure = container.run(["systemd-analyze", "security", "--no-pager", "agentkit-router.service"],

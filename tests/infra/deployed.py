@@ -16,7 +16,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agentkit import graph, install, manifest as manifest_mod, render
+from agentkit import graph, manifest as manifest_mod, units
+from agentkit.backends.systemd import install, render
 from agentkit.errors import AgentkitError
 from agentkit.model import Agent, Manifest
 
@@ -183,7 +184,7 @@ class Snapshot:
                                         "SubState": "dead"}
 
     def wanted_by_target(self, name: str) -> bool:
-        return name in self.unit(render.TARGET).get("Wants", "").split()
+        return name in self.unit(units.TARGET).get("Wants", "").split()
 
     def listeners(self, port: int) -> list[str]:
         return [address for address, p in self.listening if p == port]
@@ -192,7 +193,7 @@ class Snapshot:
 def unit_names(target: Target) -> list[str]:
     """Every unit the manifest gives this host, and every one the record says agentkit installed."""
     names = {f.path for f in target.plan()} | set((target.record or {}).get("files", {}))
-    return sorted(n for n in names | {render.TARGET} if "@." not in n and n.endswith(INSTANCE_SUFFIXES))
+    return sorted(n for n in names | {units.TARGET} if "@." not in n and n.endswith(INSTANCE_SUFFIXES))
 
 
 def health_url(address: str, port: int) -> str:
@@ -211,15 +212,15 @@ def health_checks(target: Target) -> list[tuple[str, str]]:
     checks = [(a.name, health_url("127.0.0.1", a.health_port))
               for a in target.agents if a.essential and a.health_port is not None]
     if target.router is not None:
-        checks.append((render.ROUTER_UNIT, health_url(target.router.bind, target.router.port)))
+        checks.append((units.ROUTER, health_url(target.router.bind, target.router.port)))
     return checks
 
 
 def exec_units(target: Target, most: int = 5) -> list[str]:
     """Units whose ExecStart= names a program of the bin dir (install's --bin-dir): the first
     one installed tells which bin dir the host's units were rendered with."""
-    units = [render.unit(a) for a in target.agents if not a.command[0].startswith("/")][:most]
-    return units + ([render.ROUTER_UNIT] if target.router is not None else [])
+    names = [units.service(a.name) for a in target.agents if not a.command[0].startswith("/")][:most]
+    return names + ([units.ROUTER] if target.router is not None else [])
 
 
 def take(target: Target) -> Snapshot:

@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 
-from agentkit import render
+from agentkit import units
 
 from .deployed import RECORD, UNIT_DIR, WILDCARDS, digest, state
 
@@ -41,12 +41,12 @@ def fail_if(problems: list[str], header: str, target=None) -> None:
 def boot_problems(snap, unit: str) -> list[str]:
     """Why `unit` would not be started at boot, if it would not."""
     problems = []
-    t = snap.unit(render.TARGET)
+    t = snap.unit(units.TARGET)
     if t.get("UnitFileState") != "enabled":
-        problems.append(f"{render.TARGET} is {t.get('UnitFileState') or t.get('LoadState')}, not enabled: "
+        problems.append(f"{units.TARGET} is {t.get('UnitFileState') or t.get('LoadState')}, not enabled: "
                         "nothing of agentkit starts at boot")
     if not snap.wanted_by_target(unit):
-        problems.append(f"{render.TARGET} does not want {unit} (as systemd loaded it): it would not start at boot")
+        problems.append(f"{units.TARGET} does not want {unit} (as systemd loaded it): it would not start at boot")
     return problems
 
 
@@ -74,14 +74,14 @@ def test_record(deployed):
 def test_target_enabled_and_active(deployed, snapshots):
     t = deployed.target
     snap = snapshots.of(t)
-    target = snap.unit(render.TARGET)
+    target = snap.unit(units.TARGET)
     problems = []
     if target.get("UnitFileState") != "enabled":
-        problems.append(f"{render.TARGET} is {target.get('UnitFileState') or state(target)}, not enabled: "
+        problems.append(f"{units.TARGET} is {target.get('UnitFileState') or state(target)}, not enabled: "
                         "the agents would not start at boot")
     if target.get("ActiveState") != "active":
-        problems.append(f"{render.TARGET} is {state(target)}")
-    fail_if(problems, f"{t.describe()}: {render.TARGET}", t)
+        problems.append(f"{units.TARGET} is {state(target)}")
+    fail_if(problems, f"{t.describe()}: {units.TARGET}", t)
 
 
 def test_units_match_manifest(deployed, snapshots, templates):
@@ -136,7 +136,7 @@ def test_essential_agent_runs(essential, snapshots):
     """Running now, and started at boot."""
     t, agent = essential.target, essential.agent
     snap = snapshots.of(t)
-    unit = render.unit(agent)
+    unit = units.service(agent.name)
     props = snap.unit(unit)
     problems = []
     if props.get("LoadState") != "loaded":
@@ -154,7 +154,7 @@ def test_health_answers(health, snapshots):
     t, agent = health.target, health.agent
     snap = snapshots.of(t)
     answer = snap.health.get(agent.name) or {"url": "?", "error": "not probed"}
-    url, unit = answer["url"], render.unit(agent)
+    url, unit = answer["url"], units.service(agent.name)
     problem = None
     if answer.get("error"):
         problem = f"{url}: no answer: {answer['error']} ({unit} is {state(snap.unit(unit))})"
@@ -187,7 +187,7 @@ def test_optional_agent_dormant_behind_its_socket(optional, snapshots):
     not running. Read from systemd and ss only: a connection would wake it."""
     t, agent = optional.target, optional.agent
     snap = snapshots.of(t)
-    sock, unit = render.socket_unit(agent), render.unit(agent)
+    sock, unit = units.socket(agent.name, agent.activation), units.service(agent.name)
     problems = []
     props = snap.unit(sock)
     if props.get("LoadState") != "loaded":
@@ -202,7 +202,7 @@ def test_optional_agent_dormant_behind_its_socket(optional, snapshots):
     elif not set(addresses) & set(WILDCARDS):
         problems.append(f"port {agent.port} listens only on {', '.join(addresses)}, not on every address")
     problems += boot_problems(snap, sock)
-    services = [unit] + ([render.proxy_unit(agent)] if agent.activation == "proxy" else [])
+    services = [unit] + ([units.proxy(agent.name)] if agent.activation == "proxy" else [])
     for name in services:
         service = snap.unit(name)
         if service.get("LoadState") != "loaded":
@@ -220,11 +220,11 @@ def test_optional_agent_dormant_behind_its_socket(optional, snapshots):
 def test_router_runs(router, snapshots):
     t = router.target
     snap = snapshots.of(t)
-    props = snap.unit(render.ROUTER_UNIT)
+    props = snap.unit(units.ROUTER)
     problems = []
     if (props.get("ActiveState"), props.get("SubState")) != ("active", "running"):
-        problems.append(f"{render.ROUTER_UNIT} is {state(props)}, not active/running")
-    problems += boot_problems(snap, render.ROUTER_UNIT)
+        problems.append(f"{units.ROUTER} is {state(props)}, not active/running")
+    problems += boot_problems(snap, units.ROUTER)
     fail_if(problems, f"{t.describe()}: the router", t)
 
 
@@ -233,11 +233,11 @@ def test_router_health_answers(router_health, snapshots):
     router is up; its backends are another matter, reported as a warning)."""
     t = router_health.target
     snap = snapshots.of(t)
-    answer = snap.health.get(render.ROUTER_UNIT) or {"url": "?", "error": "not probed"}
+    answer = snap.health.get(units.ROUTER) or {"url": "?", "error": "not probed"}
     header = f"{t.describe()}: the router's health"
     if answer.get("error"):
         fail_if([f"{answer['url']}: no answer: {answer['error']} "
-                 f"({render.ROUTER_UNIT} is {state(snap.unit(render.ROUTER_UNIT))})"], header, t)
+                 f"({units.ROUTER} is {state(snap.unit(units.ROUTER))})"], header, t)
     try:
         body = json.loads(answer["body"])
     except ValueError:

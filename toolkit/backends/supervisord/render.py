@@ -3,8 +3,8 @@
 For hosts whose PID 1 is not systemd (containers, WSL, CI runners): the same
 manifest runs under a per-user supervisord. Pure like render.plan(): the same
 manifest, host, profile, directories and templates give the same bytes, sorted
-by path. The only file read besides the templates is the manifest's own fleet
-file, for private_port_offset, which the Manifest does not keep.
+by path, reading nothing but the templates. check() finds, at validate time,
+everything this renderer or supervisord would refuse.
 
 How the systemd model maps onto supervisord:
 
@@ -53,25 +53,25 @@ be written faithfully is refused with an AgentkitError rather than mangled.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import posixpath
 import re
+from typing import Iterator
 
 import jinja2
 
-from . import graph, render
-from .errors import AgentkitError
-from .manifest import FLEET_FILES
-from .model import Agent, Manifest
-from .yamlsrc import load as load_yaml
+from ... import env as contract, graph, templating, units
+from ...checks import Issue, port_owners
+from ...errors import AgentkitError
+from ...files import RenderedFile
+from ...model import Agent, Manifest
+from .. import resolve_command
+from .config import AgentSpec, Config as ActivatorConfig
 
 CONF = "supervisord.conf"
 ACTIVATOR_CONFIG = "activator.json"
-ACTIVATOR = "agentkit-activator"
+ACTIVATOR = units.ACTIVATOR_PROGRAM
 SOCKET = "supervisor.sock"
-DEFAULT_PRIVATE_PORT_OFFSET = 20000  # the loader's default (manifest._load)
 PRIORITY_BASE = 100  # the activator is 1: it starts first and stops last
 
 _EVERY_EXIT_CODE = ",".join(str(code) for code in range(256))
@@ -93,16 +93,23 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # --- escaping for supervisord's config file --------------------------------------
 
+def _ini_problem(value: str) -> str | None:
+    """Why supervisord.conf cannot hold `value` as it is, or None."""
+    if _CONTROL.search(value):
+        return "holds a control character, which supervisord.conf cannot hold"
+    if _INLINE_COMMENT.search(value):
+        return ("cannot be written to supervisord.conf: its parser takes ';' or '#' after white space as the "
+                "start of a comment")
+    if value != value.strip():
+        return "cannot be written to supervisord.conf: its parser strips white space at either end"
+    return None
+
+
 def ini_value(value: str, what: str) -> str:
     """A plain value (a path, a name): '%' doubled; what the parser would cut is refused."""
-    if _CONTROL.search(value):
-        raise AgentkitError(f"{what}: {value!r} holds a control character, which supervisord.conf cannot hold")
-    if _INLINE_COMMENT.search(value):
-        raise AgentkitError(f"{what}: {value!r} cannot be written to supervisord.conf: its parser takes "
-                            "';' or '#' after white space as the start of a comment")
-    if value != value.strip():
-        raise AgentkitError(f"{what}: {value!r} cannot be written to supervisord.conf: its parser strips "
-                            "white space at either end")
+    problem = _ini_problem(value)
+    if problem is not None:
+        raise AgentkitError(f"{what}: {value!r} {problem}")
     return value.replace("%", "%%")
 
 
@@ -119,23 +126,29 @@ def command_value(argv: list[str] | tuple[str, ...]) -> str:
     return " ".join(words).replace("%", "%%")
 
 
+def _environment_problem(value: str) -> str | None:
+    """Why supervisord cannot hold `value` in environment=, or None."""
+    if _CONTROL.search(value):
+        return "holds a control character, which supervisord.conf cannot hold"
+    if _INLINE_COMMENT.search(value):
+        return ("cannot be written for supervisord: its config parser takes ';' or '#' after white space as "
+                "the start of a comment")
+    if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
+        return "cannot be written for supervisord: it strips quote characters from both ends of every environment value"
+    if "'" in value and '"' in value:
+        return ("cannot be written for supervisord: a value may hold single or double quotes, not both "
+                "(supervisord's parser has no escapes)")
+    return None
+
+
 def environment_value(pairs: list[tuple[str, str]], what: str = "environment") -> str:
     """KEY="value",... as environment=: %-expanded, then split by non-POSIX shlex,
     which keeps a quoted value literal (no escapes) and strips quotes off its ends."""
     items = []
     for name, value in pairs:
-        where = f"{what}: {name}={value!r}"
-        if _CONTROL.search(value):
-            raise AgentkitError(f"{where} holds a control character, which supervisord.conf cannot hold")
-        if _INLINE_COMMENT.search(value):
-            raise AgentkitError(f"{where} cannot be written for supervisord: its config parser takes ';' or "
-                                "'#' after white space as the start of a comment")
-        if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
-            raise AgentkitError(f"{where} cannot be written for supervisord: it strips quote characters "
-                                "from both ends of every environment value")
-        if "'" in value and '"' in value:
-            raise AgentkitError(f"{where} cannot be written for supervisord: a value may hold single or "
-                                "double quotes, not both (supervisord's parser has no escapes)")
+        problem = _environment_problem(value)
+        if problem is not None:
+            raise AgentkitError(f"{what}: {name}={value!r} {problem}")
         quote = "'" if '"' in value else '"'
         items.append(f"{name}={quote}{value}{quote}")
     return ",".join(items).replace("%", "%%")
@@ -143,85 +156,77 @@ def environment_value(pairs: list[tuple[str, str]], what: str = "environment") -
 
 # --- the model under supervisord ------------------------------------------------
 
-def private_port_offset(manifest: Manifest) -> int:
-    """The fleet's private_port_offset. The Manifest does not keep it, so this reads
-    it from the fleet file as the loader does (default 20000)."""
-    kept = getattr(manifest, "private_port_offset", None)
-    if isinstance(kept, int) and not isinstance(kept, bool):
-        return kept
-    for name in FLEET_FILES:
-        path = os.path.join(manifest.root, name)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except FileNotFoundError:
-            continue
-        except (OSError, UnicodeDecodeError) as exc:
-            raise AgentkitError(f"{path}: cannot read private_port_offset: {exc}") from exc
-        doc, problems = load_yaml(text, path)
-        offset = doc.data.get("private_port_offset") if isinstance(doc.data, dict) and not problems else None
-        if offset is None:
-            return DEFAULT_PRIVATE_PORT_OFFSET
-        if isinstance(offset, bool) or not isinstance(offset, int) or not 1 <= offset <= 65535:
-            raise AgentkitError(f"{path}: private_port_offset: expected a whole number from 1 to 65535, "
-                                f"got {offset!r}")
-        return offset
-    return DEFAULT_PRIVATE_PORT_OFFSET
-
-
 def private_port(agent: Agent, offset: int) -> int:
     """Where an optional agent listens under supervisord (the activator holds agent.port)."""
     return agent.private_port if agent.private_port is not None else agent.port + offset
 
 
 def supervised_environment(manifest: Manifest, agent: Agent, private: int | None) -> list[tuple[str, str]]:
-    """render.agent_environment(), with every optional agent in proxy mode on its private port."""
-    env = render.agent_environment(manifest, agent)
+    """The agent environment, with every optional agent in proxy mode on its private port."""
     if agent.essential:
-        return env  # AGENTKIT_ACTIVATION=none: the agent binds its own port
-    out = []
-    for name, value in env:  # AGENTKIT_* names are agentkit's alone (the loader refuses them)
-        if name in ("AGENTKIT_BIND", "AGENTKIT_IDLE_STOP"):
-            continue  # the activator stops an idle agent
-        if name == "AGENTKIT_ACTIVATION":
-            out.append((name, "proxy"))
-            out.append(("AGENTKIT_BIND", f"127.0.0.1:{private}"))
-            continue
-        out.append((name, value))
-    return out
+        return contract.for_agent(manifest, agent)  # AGENTKIT_ACTIVATION=none: the agent binds its own port
+    return contract.for_agent(manifest, agent, activation="proxy", private_port=private)
 
 
-def _check_private_ports(manifest: Manifest, host: str, agents: list[Agent], offset: int) -> dict[str, int]:
-    """The private port of every optional agent; native agents' ones were never checked by the loader."""
-    owners: dict[int, str] = {}
-    for service, port in manifest.hosts[host].ports:
-        owners.setdefault(port, f"the fleet service {service}")
-    if manifest.router is not None and manifest.router.host == host:
-        owners.setdefault(manifest.router.port, "the router")
-    for agent in manifest.on_host(host):
-        for key, port in (("port", agent.port), ("health_port", agent.health_port),
-                          ("private_port", agent.private_port)):
-            if port is not None:
-                owners.setdefault(port, f"{agent.name}.{key}")
-    privates = {}
-    for agent in agents:
-        if agent.essential:
+def private_ports(manifest: Manifest, agents: list[Agent]) -> dict[str, int]:
+    """The private port of every optional agent of `agents` (check() vouches for them)."""
+    return {a.name: private_port(a, manifest.private_port_offset) for a in agents if a.optional}
+
+
+def check(manifest: Manifest) -> Iterator[Issue]:
+    """What plan_supervisord() or supervisord itself would refuse in a manifest."""
+    offset = manifest.private_port_offset
+    owners = port_owners(manifest)
+    identifier_problem = _ini_problem(f"agentkit-{manifest.name}-host")
+    if identifier_problem is not None or "%" in manifest.name:
+        yield Issue(None, ("name",), f"{manifest.name!r} cannot name a supervisord: "
+                    f"{identifier_problem or 'its state directory may not hold %'}")
+    host_env = {}
+    for host in manifest.hosts.values():
+        host_env[host.name] = dict(host.environment)
+        for name, value in host.environment:
+            problem = _environment_problem(value)
+            if problem is not None:
+                yield Issue(None, ("hosts", host.name, "environment", name), f"{value!r} {problem}")
+    # Of the AGENTKIT_* values only AGENTKIT_DEPENDS holds text of the user's: the
+    # addresses of the hosts that agents of other hosts depend on.
+    reached = {manifest.agents[d].host for a in manifest.agents.values() for d in a.depends_on
+               if manifest.agents[d].host != a.host}
+    for name in sorted(reached):
+        address = manifest.hosts[name].address
+        problem = _environment_problem(address)
+        if problem is not None:
+            yield Issue(None, ("hosts", name, "address"), f"{address!r} {problem} (it is in the {contract.DEPENDS} "
+                        "of the agents that depend on this host's)")
+    for agent in manifest.agents.values():
+        if agent.name == ACTIVATOR:
+            yield Issue(agent.name, (), f"under supervisord the program name {ACTIVATOR} is agentkit's own "
+                        "activator; rename the agent")
+        own_host = host_env[agent.host]
+        for name, value in agent.environment:
+            if own_host.get(name) == value:
+                continue  # a host's variable is reported once, at the host
+            problem = _environment_problem(value)
+            if problem is not None:
+                yield Issue(agent.name, ("environment", name), f"{name}={value!r} {problem}")
+        if agent.essential or agent.private_port is not None:
             continue
+        if owners[(agent.host, agent.port)] != f"{agent.name}.port":
+            continue  # its port clashes already (reported by the fleet checks): so would port + offset
+        # Under supervisord every optional agent listens on a private port, native ones
+        # at port + private_port_offset, which systemd never uses.
         port = private_port(agent, offset)
-        if agent.private_port is None:
-            how = f"port {agent.port} + private_port_offset {offset}"
-            if port > 65535:
-                raise AgentkitError(f"{agent.name}: under supervisord it listens on a private port, and {how} "
-                                    "is above 65535 (lower private_port_offset, or use activation: proxy "
-                                    "with a private_port)")
-            label = f"{agent.name} (its private port under supervisord)"
-            other = owners.setdefault(port, label)
-            if other != label:
-                raise AgentkitError(f"{agent.name}: under supervisord it listens on 127.0.0.1:{port} ({how}), "
-                                    f"which is also used on {host} by {other} (change private_port_offset, "
-                                    "or use activation: proxy with a private_port)")
-        privates[agent.name] = port
-    return privates
+        how = f"port {agent.port} + private_port_offset {offset}"
+        if port > 65535:
+            yield Issue(agent.name, ("port",), f"under supervisord it listens on a private port, and {how} is "
+                        "above 65535 (lower private_port_offset, or use activation: proxy with a private_port)")
+            continue
+        label = f"{agent.name} (its private port under supervisord)"
+        other = owners.setdefault((agent.host, port), label)
+        if other != label:
+            yield Issue(agent.name, ("port",), f"under supervisord it listens on 127.0.0.1:{port} ({how}), "
+                        f"which is also used on {agent.host} by {other} (change private_port_offset, "
+                        "or use activation: proxy with a private_port)")
 
 
 def _optional_dependencies(manifest: Manifest, agent: Agent, on_host: dict[str, Agent],
@@ -247,13 +252,10 @@ def _seconds(usec: int) -> float:
 # --- the plan -------------------------------------------------------------------
 
 def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, *, bin_dir: str,
-                     state_dir: str, templates: str | None = None) -> list[render.RenderedFile]:
+                     state_dir: str, templates: str | None = None) -> list[RenderedFile]:
     """supervisord.conf and activator.json for `host` and `profile`, sorted by path."""
-    if host not in manifest.hosts:
-        raise AgentkitError(f"unknown host {host!r} (hosts in {manifest.root}: {', '.join(manifest.hosts)})")
-    if profile is not None and profile not in manifest.profiles:
-        raise AgentkitError(f"unknown profile {profile!r} (profiles: {', '.join(manifest.profiles)})")
-    state_dir = os.fspath(state_dir)
+    agents = graph.on_host(manifest, host, profile)
+    state_dir = str(state_dir)
     if not posixpath.isabs(state_dir):
         raise AgentkitError(f"the supervisord state directory must be an absolute path (its socket, pid file, "
                             f"logs and activator.json live there), got {state_dir!r}")
@@ -264,20 +266,8 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
     if state_dir.startswith("//"):
         state_dir = "/" + state_dir.lstrip("/")
     profile_name = profile or manifest.default_profile
-    agents = [a for a in graph.selected(manifest, profile_name) if a.host == host]
-    for agent in agents:
-        if agent.name == ACTIVATOR:
-            raise AgentkitError(f"agent {ACTIVATOR}: under supervisord that program name is agentkit's own "
-                                "activator; rename the agent")
-    env = render._environment(tuple(render.template_dirs(templates)))
-    try:
-        conf_t = env.get_template("supervisord.conf.j2")
-    except jinja2.TemplateError as exc:
-        raise AgentkitError(f"template: {exc}") from exc
-
-    native = any(a.optional and a.private_port is None for a in agents)
-    offset = private_port_offset(manifest) if native else DEFAULT_PRIVATE_PORT_OFFSET
-    privates = _check_private_ports(manifest, host, agents, offset)
+    conf_t = templating.templates("supervisord", ["supervisord.conf.j2"], templates)["supervisord.conf.j2"]
+    privates = private_ports(manifest, agents)
     ordered = graph.start_order(agents)
     order = {a.name: i for i, a in enumerate(ordered)}
     on_host = {a.name: a for a in agents}
@@ -294,14 +284,14 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
         programs.append({
             "name": agent.name,
             "essential": agent.essential,
-            "command": command_value(render.resolve_command(agent.command, bin_dir)),
+            "command": command_value(resolve_command(agent.command, bin_dir)),
             "environment": environment_value(supervised_environment(manifest, agent, privates.get(agent.name)),
                                              f"{where}: environment"),
             "priority": PRIORITY_BASE + order[agent.name],
             "autorestart": autorestart,
             "exitcodes": exitcodes,
             "startretries": agent.restart.burst,
-            "stopwaitsecs": max(1, math.ceil(agent.start_timeout_us / 1_000_000)),
+            "stopwaitsecs": max(1, math.ceil(agent.start_timeout / 1_000_000)),
             "logfile": path(logs, f"{agent.name}.log", what=f"{where}: log file"),
             "directory": (ini_value(agent.working_directory, f"{where}: working_directory")
                           if agent.working_directory else None),
@@ -328,21 +318,16 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
     try:
         conf = conf_t.render(context)
     except jinja2.TemplateError as exc:
-        raise AgentkitError(f"template {getattr(exc, 'name', '') or ''}: {exc}") from exc
+        raise templating.render_error(exc) from exc
 
-    entries = []
-    for agent in sorted((a for a in agents if a.optional), key=lambda a: a.name):
-        entries.append({
-            "name": agent.name,
-            "program": agent.name,
-            "listen": ["0.0.0.0", agent.port],
-            "target": ["127.0.0.1", privates[agent.name]],
-            "depends_on": _optional_dependencies(manifest, agent, on_host, order),
-            "idle_stop": _seconds(agent.idle_stop_us),
-            "start_timeout": _seconds(agent.start_timeout_us),
-        })
-    activator = {"fleet": manifest.name, "host": host, "supervisor": f"unix://{socket}", "agents": entries}
+    entries = tuple(
+        AgentSpec(name=agent.name, program=agent.name, listen=("0.0.0.0", agent.port),
+                  target=("127.0.0.1", privates[agent.name]),
+                  depends_on=tuple(_optional_dependencies(manifest, agent, on_host, order)),
+                  idle_stop=_seconds(agent.idle_stop), start_timeout=_seconds(agent.start_timeout))
+        for agent in sorted((a for a in agents if a.optional), key=lambda a: a.name))
+    activator = ActivatorConfig(fleet=manifest.name, host=host, supervisor=f"unix://{socket}", agents=entries)
     return sorted([
-        render.RenderedFile(CONF, conf),
-        render.RenderedFile(ACTIVATOR_CONFIG, json.dumps(activator, sort_keys=True, indent=2) + "\n"),
+        RenderedFile(CONF, conf),
+        RenderedFile(ACTIVATOR_CONFIG, activator.dumps()),
     ], key=lambda f: f.path)

@@ -7,42 +7,10 @@ A dormant agent is never woken to find out: its health port is not on the socket
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-from . import graph, render
-from .model import Agent, Manifest
-
-NO_VALUE = (1 << 64) - 1
-
-
-@dataclass(frozen=True)
-class AgentStatus:
-    name: str
-    essential: bool
-    unit: str
-    state: str
-    detail: str  # systemd's active/sub state of the unit that decides the state
-    since: float | None  # seconds since the epoch
-    restarts: int | None
-    memory: int | None  # bytes
-    last_start_s: float | None  # inactive -> active, the last time it started
-    result: str | None
-
-    def as_json(self) -> dict:
-        return asdict(self)
-
-
-def _rss(pid: int) -> int | None:
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+from ... import graph, units
+from ...model import Agent, Manifest
+from .. import AgentStatus, rss
+from .dbus import NO_VALUE
 
 
 def _state(agent: Agent, service, socket) -> tuple[str, str]:
@@ -68,17 +36,17 @@ def _state(agent: Agent, service, socket) -> tuple[str, str]:
 
 
 async def collect(manifest: Manifest, host: str, profile: str | None, manager) -> list[AgentStatus]:
-    agents = [a for a in graph.selected(manifest, profile) if a.host == host]
+    agents = graph.on_host(manifest, host, profile)
     names = []
     for agent in agents:
-        names.append(render.unit(agent))
+        names.append(units.service(agent.name))
         if agent.optional:
-            names.append(render.socket_unit(agent))
+            names.append(units.socket(agent.name, agent.activation))
     states = await manager.states(names)
     out = []
     for agent in agents:
-        service = states.get(render.unit(agent))
-        socket = states.get(render.socket_unit(agent)) if agent.optional else None
+        service = states.get(units.service(agent.name))
+        socket = states.get(units.socket(agent.name, agent.activation)) if agent.optional else None
         state, detail = _state(agent, service, socket)
         since = restarts = memory = last_start = result = None
         socket_props = await manager.properties(socket) if socket is not None and socket.load_state == "loaded" else {}
@@ -99,11 +67,11 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
             elif value not in (None, NO_VALUE):
                 memory = value
             else:  # no memory controller for the unit's cgroup: the main process's resident memory
-                memory = _rss(props.get("MainPID") or 0)
+                memory = rss(props.get("MainPID") or 0)
             began, ready = props.get("InactiveExitTimestampMonotonic", 0), props.get("ActiveEnterTimestampMonotonic", 0)
             if began and ready and ready >= began:
                 last_start = round((ready - began) / 1e6, 6)
             result = props.get("Result")
-        out.append(AgentStatus(agent.name, agent.essential, render.unit(agent), state, detail, since, restarts,
+        out.append(AgentStatus(agent.name, agent.essential, units.service(agent.name), state, detail, since, restarts,
                                memory, last_start, result))
     return out

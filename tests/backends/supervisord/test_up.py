@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from .harness import free_ports
+from helpers import wait_for
 
 AGENTKIT = str(Path(sys.executable).parent / "agentkit")
 
@@ -85,18 +85,6 @@ def links(reply: dict) -> list[str]:
     return out
 
 
-def wait_for(what, condition, timeout=30.0, interval=0.1):
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 1):
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            break
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}")
-
-
 def test_up_runs_the_fleet_and_a_request_wakes_a_dormant_chain(lab):
     root, state = lab
     result = run("up", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state), manifest=root)
@@ -117,9 +105,8 @@ def test_up_runs_the_fleet_and_a_request_wakes_a_dormant_chain(lab):
     assert starts == sorted(starts), starts
 
     # Idle: all three are dormant again after their idle time, and wake again.
-    wait_for("the chain to go dormant", lambda: all(
-        s["state"] == "dormant" for n, s in status(root, state).items() if n in ("Top", "Middle", "Bottom")),
-        timeout=40)
+    wait_for(lambda: all(
+        s["state"] == "dormant" for n, s in status(root, state).items() if n in ("Top", "Middle", "Bottom")), "the chain to go dormant", timeout=40)
     assert json.loads(run("call", "Middle", manifest=root).stdout)["agent"] == "Middle"
 
     # A second up changes nothing and keeps the running agents.
@@ -140,7 +127,7 @@ def test_a_crash_looping_agent_is_given_up_on_and_reported(lab):
     run("up", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state), manifest=root)
     failed = run("call", "Crashy", "--timeout", "20", manifest=root, check=False)
     assert failed.returncode == 1 and "did not answer" in failed.stderr
-    crashy = wait_for("Crashy to be given up on", lambda: (s := status(root, state)["Crashy"])["state"] == "failed" and s)
+    crashy = wait_for(lambda: (s := status(root, state)["Crashy"])["state"] == "failed" and s, "Crashy to be given up on")
     assert crashy["detail"].startswith("FATAL: start limit hit")
     result = run("status", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state), manifest=root,
                  check=False)

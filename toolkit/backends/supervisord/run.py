@@ -10,17 +10,17 @@ activator.json, the control socket (mode 0700), the pid file and logs/.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 import xmlrpc.client
 from dataclasses import dataclass
 from typing import Callable
 
-from . import files, graph
-from .errors import AgentkitError
-from .model import Manifest
-from .supervisord import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET, plan_supervisord
+from ... import files, graph, proc
+from ...errors import AgentkitError
+from ...model import Manifest
+from .. import AgentStatus, rss
+from .render import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET, plan_supervisord
 
 
 def default_state_dir(manifest: Manifest, host: str) -> str:
@@ -28,7 +28,7 @@ def default_state_dir(manifest: Manifest, host: str) -> str:
     return os.path.join(os.path.abspath(base), "agentkit", f"{manifest.name}-{host}")
 
 
-def _rpc(state_dir: str):
+def rpc(state_dir: str):
     from supervisor.xmlrpc import SupervisorTransport  # the supervisor package's own client transport
     url = "unix://" + os.path.join(state_dir, SOCKET)
     return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=SupervisorTransport(None, None, url))
@@ -39,7 +39,7 @@ def running(state_dir: str) -> bool:
     if not os.path.exists(os.path.join(state_dir, SOCKET)):
         return False
     try:
-        return _rpc(state_dir).supervisor.getState()["statename"] == "RUNNING"
+        return rpc(state_dir).supervisor.getState()["statename"] == "RUNNING"
     except (OSError, xmlrpc.client.Error):
         return False
 
@@ -58,6 +58,7 @@ class UpResult:
     essential: list[str]
     optional: list[str]
     failed: dict[str, str]
+    changed: list[str]  # the files whose text changed
 
 
 def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, state_dir: str,
@@ -77,27 +78,21 @@ def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, stat
         if not same:
             changed.append(item.path)
             files.atomic_write(path, item.text, 0o600)
-    profile_name = profile or manifest.default_profile
-    agents = [a for a in graph.selected(manifest, profile_name) if a.host == host]
+    agents = graph.on_host(manifest, host, profile)
     essential = [a.name for a in agents if a.essential]
     optional = [a.name for a in agents if a.optional]
 
     started = not running(state_dir)
     if started:
         progress(f"{host}: starting supervisord ({conf})")
-        result = subprocess.run(_program("supervisord") + ["-c", conf], capture_output=True, text=True, timeout=60)
-        if result.returncode != 0:
-            raise AgentkitError(f"supervisord did not start: {(result.stderr or result.stdout).strip()}")
+        proc.run(_program("supervisord") + ["-c", conf], timeout=60)
     else:
         progress(f"{host}: supervisord is running; {'updating: ' + ', '.join(changed) if changed else 'no change'}")
         if CONF in changed:
-            result = subprocess.run(_program("supervisorctl") + ["-c", conf, "update"], capture_output=True,
-                                    text=True, timeout=120)
-            if result.returncode != 0:
-                raise AgentkitError(f"supervisorctl update failed: {(result.stderr or result.stdout).strip()}")
+            proc.run(_program("supervisorctl") + ["-c", conf, "update"], timeout=120)
         if ACTIVATOR_CONFIG in changed:
-            _rpc(state_dir).supervisor.stopProcess(ACTIVATOR, True)
-            _rpc(state_dir).supervisor.startProcess(ACTIVATOR, True)
+            rpc(state_dir).supervisor.stopProcess(ACTIVATOR, True)
+            rpc(state_dir).supervisor.startProcess(ACTIVATOR, True)
 
     # Wait for the essentials and the activator: RUNNING, or given up on.
     wanted = [ACTIVATOR] + essential
@@ -105,7 +100,7 @@ def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, stat
     failed: dict[str, str] = {}
     for _ in range(int(timeout / 0.1) + 1):
         try:
-            infos = {i["name"]: i for i in _rpc(state_dir).supervisor.getAllProcessInfo()}
+            infos = {i["name"]: i for i in rpc(state_dir).supervisor.getAllProcessInfo()}
         except (OSError, xmlrpc.client.Error):
             infos = {}
         pending = []
@@ -121,7 +116,7 @@ def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, stat
                 failed[name] = "did not reach RUNNING in time"
             break
         time.sleep(0.1)
-    return UpResult(host, state_dir, started, essential, optional, failed)
+    return UpResult(host, state_dir, started, essential, optional, failed, changed)
 
 
 def down(state_dir: str, timeout: float = 120.0) -> bool:
@@ -134,7 +129,7 @@ def down(state_dir: str, timeout: float = 120.0) -> bool:
             pid = int(handle.read().strip())
     except (OSError, ValueError):
         pid = None
-    _rpc(state_dir).supervisor.shutdown()
+    rpc(state_dir).supervisor.shutdown()
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / 0.1) + 1):
         if pid is None or not os.path.exists(f"/proc/{pid}"):
@@ -149,15 +144,12 @@ _STATES = {"RUNNING": "active", "STARTING": "starting", "BACKOFF": "starting", "
            "FATAL": "failed", "UNKNOWN": "failed"}
 
 
-def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) -> list[dict]:
+def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) -> list[AgentStatus]:
     """Every agent of `host`: the same states as under systemd, read from supervisord."""
-    from .status import _rss
-    infos = {i["name"]: i for i in _rpc(state_dir).supervisor.getAllProcessInfo()}
+    infos = {i["name"]: i for i in rpc(state_dir).supervisor.getAllProcessInfo()}
     activator_up = infos.get(ACTIVATOR, {}).get("statename") == "RUNNING"
     rows = []
-    for agent in graph.selected(manifest, profile):
-        if agent.host != host:
-            continue
+    for agent in graph.on_host(manifest, host, profile):
         info = infos.get(agent.name)
         if info is None:
             state, detail = "not-installed", "no such program"
@@ -176,7 +168,6 @@ def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) 
                 detail = f"FATAL: start limit hit ({info.get('description', '')})"
         pid = info["pid"] if info else 0
         since = info["start"] if info and state in ("active", "starting") else (info or {}).get("stop") or None
-        rows.append({"name": agent.name, "essential": agent.essential, "unit": agent.name, "state": state,
-                     "detail": detail, "since": float(since) if since else None, "restarts": None,
-                     "memory": _rss(pid) if pid else None, "last_start_s": None, "result": None})
+        rows.append(AgentStatus(agent.name, agent.essential, agent.name, state, detail,
+                                float(since) if since else None, None, rss(pid) if pid else None, None, None))
     return rows

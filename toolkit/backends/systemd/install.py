@@ -12,18 +12,18 @@ edited by hand since is not overwritten (use a drop-in, or --force).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
 import os
-import subprocess
 from dataclasses import dataclass, field
 from typing import Callable
 
-from . import files
-from .errors import AgentkitError
-from .render import TARGET, RenderedFile
+from ... import files, proc, units
+from ...errors import AgentkitError
+from ...files import RenderedFile
+from ...units import TARGET
+from .. import Changes, Outcome
 
 UNIT_DIR = "etc/systemd/system"
 RUNNING = ("active", "activating", "reloading")  # ActiveState of a unit that runs or is on its way
@@ -37,18 +37,6 @@ def _instance_units(names) -> list[str]:
 
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass
-class Changes:
-    added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
-
-    @property
-    def any(self) -> bool:
-        return bool(self.added or self.changed or self.removed)
 
 
 @dataclass
@@ -113,7 +101,7 @@ def write(root: str, planned: list[RenderedFile], changes: Changes, record: Reco
     os.makedirs(unit_dir, exist_ok=True)
     wanted = {item.path: item for item in planned}
     for name in changes.added + changes.changed:
-        files.atomic_write(os.path.join(unit_dir, name), wanted[name].text, wanted[name].mode)
+        files.atomic_write(os.path.join(unit_dir, name), wanted[name].text)
     _unlink(os.path.join(unit_dir, name) for name in changes.removed)
     Record(host, profile, {item.path: _digest(item.text) for item in planned}).write(root)
 
@@ -132,7 +120,7 @@ def _systemd(root: str):
     if os.path.realpath(root) != "/":
         yield None
         return
-    from .systemd import Systemd  # D-Bus only where it is used: render/validate need no bus
+    from .dbus import Systemd  # D-Bus only where it is used: render/validate need no bus
     manager = Systemd()
     try:
         yield manager
@@ -143,20 +131,11 @@ def _systemd(root: str):
 def journal_tail(unit: str, lines: int = 10) -> list[str]:
     """The unit's last journal lines, for a human reading why it failed."""
     try:
-        result = subprocess.run(["journalctl", "--no-pager", "-q", "-o", "cat", "-n", str(lines), "-u", unit],
-                                capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
+        result = proc.run(["journalctl", "--no-pager", "-q", "-o", "cat", "-n", str(lines), "-u", unit],
+                          timeout=10, check=False)
+    except proc.CommandError:
         return []
     return result.stdout.splitlines()[-lines:]
-
-
-@dataclass
-class Outcome:
-    changes: Changes
-    jobs: dict[str, str] = field(default_factory=dict)  # unit -> start job result
-    restarted: list[str] = field(default_factory=list)  # services restarted (changed, or all) that were running
-    started: list[str] = field(default_factory=list)  # units that were not running before and now run
-    failed: dict[str, list[str]] = field(default_factory=dict)  # unit -> why (result, journal lines)
 
 
 async def apply(root: str, host: str, profile: str, planned: list[RenderedFile], *, force: bool = False,
@@ -276,5 +255,14 @@ async def remove(root: str, *, timeout: float = 120.0,
         return names
 
 
-def run(coroutine):
-    return asyncio.run(coroutine)
+
+async def stop(*, timeout: float = 120.0) -> list[str]:
+    """Stop agentkit.target and every agentkit unit systemd has loaded (agentkit down)."""
+    from .dbus import Systemd
+    manager = Systemd()
+    try:
+        names = _instance_units(await manager.loaded(list(units.PATTERNS)))
+        await manager.run_jobs("stop", [TARGET] + names, timeout=timeout)
+        return names
+    finally:
+        manager.close()

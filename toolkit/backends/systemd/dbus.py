@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from sdbus import (DbusInterfaceCommonAsync, SdBusBaseError, dbus_method_async, dbus_property_async,
-                   sd_bus_open_system)
+from sdbus import DbusInterfaceCommonAsync, SdBusBaseError, dbus_method_async, sd_bus_open_system
 
-from .errors import AgentkitError
+from ...errors import AgentkitError
 
 SYSTEMD = "org.freedesktop.systemd1"
 MANAGER_PATH = "/org/freedesktop/systemd1"
@@ -61,10 +60,9 @@ class _Manager(DbusInterfaceCommonAsync, interface_name="org.freedesktop.systemd
     async def list_units_by_names(self, names: list[str]) -> list:
         raise NotImplementedError
 
-    @dbus_property_async("s")
-    def version(self) -> str:
+    @dbus_method_async("asas", "a(ssssssouso)")
+    async def list_units_by_patterns(self, states: list[str], patterns: list[str]) -> list:
         raise NotImplementedError
-
 
 
 # Properties are read whole (GetAll) and keep systemd's own names, as in `systemctl show`.
@@ -101,9 +99,6 @@ class Systemd:
         self._jobs: dict[str, asyncio.Future] = {}
         self._slot = None
 
-    async def version(self) -> str:
-        return await self._call(self._manager.version.get_async())
-
     async def reload(self) -> None:
         await self._call(self._manager.reload())
 
@@ -122,6 +117,11 @@ class Systemd:
     async def states(self, units: list[str]) -> dict[str, UnitState]:
         rows = await self._call(self._manager.list_units_by_names(units))
         return {row[0]: UnitState(row[0], row[2], row[3], row[4], row[6]) for row in rows}
+
+    async def loaded(self, patterns: list[str]) -> list[str]:
+        """The names of the units systemd has loaded that match any of the glob patterns."""
+        rows = await self._call(self._manager.list_units_by_patterns([], patterns))
+        return sorted(row[0] for row in rows)
 
     async def properties(self, state: UnitState) -> dict:
         """Unit properties, plus the Service or Socket ones, by systemd's names (ActiveEnterTimestamp, ...)."""

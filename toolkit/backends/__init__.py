@@ -1,0 +1,209 @@
+"""The backends: one interface, a name -> backend table, and detection.
+
+A backend turns the manifest into the files of one host (plan), puts them in place
+and brings the host's agents up (apply), stops them (stop), removes what it put
+there (remove) and reports every agent's state in one shape (status). Each lives
+in a package of its own (backends/systemd/, backends/supervisord/) with its
+templates in templates/<name>/; the CLI looks a backend up here and never names one.
+
+A third backend is one more package and one more line in BACKENDS.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+from ..errors import AgentkitError
+from ..files import RenderedFile
+from ..model import Manifest
+
+# name -> "module:Class", imported on first use (sdbus only where systemd is used).
+BACKENDS: dict[str, str] = {
+    "systemd": "agentkit.backends.systemd:SystemdBackend",
+    "supervisord": "agentkit.backends.supervisord:SupervisordBackend",
+}
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a backend on this machine: what the command line said."""
+
+    bin_dir: str  # where bare program names (agentkit-agent) live on the host
+    templates: str | None = None  # a user's templates, replacing ours by name
+    root: str = "/"  # systemd: install under this root ("/" is the running system)
+    state_dir: str | None = None  # supervisord: its config, socket and logs (default per fleet and host)
+    several: bool = False  # several hosts on this machine: each gets a directory of its own under state_dir
+    timeout: float = 120.0  # for the essential agents to start, and for stops
+    force: bool = False  # overwrite agentkit's files even if edited by hand since
+    restart_all: bool = False  # restart every running agent, changed or not
+
+
+@dataclass
+class Changes:
+    """What applying a plan changes among the files agentkit owns on a host."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.added or self.changed or self.removed)
+
+
+@dataclass
+class Outcome:
+    """What apply() did on one host."""
+
+    changes: Changes
+    jobs: dict[str, str] = field(default_factory=dict)  # unit -> start job result
+    restarted: list[str] = field(default_factory=list)  # agents' units restarted (changed, or all) that were running
+    started: list[str] = field(default_factory=list)  # units that were not running before and now run
+    failed: dict[str, list[str]] = field(default_factory=dict)  # unit -> why: a first line, then more (a journal)
+
+
+@dataclass(frozen=True)
+class AgentStatus:
+    """One agent's state, the same on every backend.
+
+    state: dormant (optional, its port held, not running), starting, active,
+    stopping, failed, inactive (stopped), not-installed."""
+
+    name: str
+    essential: bool
+    unit: str  # the unit (systemd) or program (supervisord) that decides the state
+    state: str
+    detail: str  # the backend's own words for it
+    since: float | None  # seconds since the epoch
+    restarts: int | None
+    memory: int | None  # bytes
+    last_start_s: float | None  # inactive -> active, the last time it started
+    result: str | None
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+class Backend(ABC):
+    """One way of running the fleet on a host."""
+
+    name: str  # its key in BACKENDS, and its templates folder
+    several_hosts: bool  # one machine can run several hosts' agents side by side
+    # What a host directory of this backend's may hold; anything else there is the user's.
+    ours: re.Pattern[str]
+    keeps_files: bool = False  # apply() leaves files that `agentkit uninstall` removes
+
+    @classmethod
+    @abstractmethod
+    def here(cls) -> bool:
+        """Whether this machine runs this backend's manager (for --backend auto)."""
+
+    def check(self, manifest: Manifest) -> Iterable["Issue"]:  # noqa: F821 - checks.Issue
+        """What this backend's plan or apply would refuse, as manifest Issues (the loader
+        reports them with FILE:LINE). Options of the run (bin dir, state dir) are not
+        the manifest's, and are checked by plan."""
+        return ()
+
+    @abstractmethod
+    def plan(self, manifest: Manifest, host: str, profile: str | None, options: Options) -> list[RenderedFile]:
+        """Every file of `host`, sorted by path; pure."""
+
+    @abstractmethod
+    def place(self, manifest: Manifest, host: str, options: Options) -> str:
+        """The directory the plan of `host` goes to on this machine."""
+
+    def installed(self, options: Options) -> set[str] | None:
+        """The files agentkit put in place() before (its own record), if the backend keeps one."""
+        return None
+
+    def pending(self, manifest: Manifest, host: str, planned: list[RenderedFile], options: Options) -> Changes:
+        """What apply() would change among the files in place()."""
+        place = self.place(manifest, host, options)
+        changes = Changes()
+        for item in planned:
+            try:
+                with open(os.path.join(place, item.path), encoding="utf-8") as handle:
+                    same = handle.read() == item.text
+            except FileNotFoundError:
+                changes.added.append(item.path)
+                continue
+            (changes.unchanged if same else changes.changed).append(item.path)
+        return changes
+
+    @abstractmethod
+    def apply(self, manifest: Manifest, host: str, profile: str, options: Options, progress: Progress) -> Outcome:
+        """Put the plan in place and bring the host's agents up: essential ones running,
+        optional ones dormant. Failures are in the Outcome, not raised."""
+
+    @abstractmethod
+    def stop(self, manifest: Manifest, host: str, options: Options, progress: Progress) -> bool:
+        """Stop every agent of `host`; False when nothing was running."""
+
+    def remove(self, options: Options, progress: Progress) -> list[str]:
+        """Stop and delete everything apply() put in place; what was removed."""
+        raise AgentkitError(f"the {self.name} backend has nothing to uninstall: agentkit down stops it")
+
+    @abstractmethod
+    def status(self, manifest: Manifest, host: str, profile: str | None, options: Options) -> list[AgentStatus]:
+        """Every agent of `host` in `profile`, manifest order."""
+
+    def recorded_profile(self, options: Options) -> str | None:
+        """The profile apply() last used here, when the backend records it."""
+        return None
+
+
+def get(name: str) -> Backend:
+    try:
+        module, _, cls = BACKENDS[name].partition(":")
+    except KeyError:
+        raise AgentkitError(f"unknown backend {name!r} (backends: {', '.join(BACKENDS)})") from None
+    return getattr(importlib.import_module(module), cls)()
+
+
+def detect() -> str:
+    """The first backend of the table whose manager runs here."""
+    for name, where in BACKENDS.items():
+        module, _, cls = where.partition(":")
+        if getattr(importlib.import_module(module), cls).here():
+            return name
+    raise AgentkitError(f"no backend runs here (backends: {', '.join(BACKENDS)})")
+
+
+def choose(name: str) -> Backend:
+    """`auto` (detect()) or a name of the table."""
+    return get(detect() if name == "auto" else name)
+
+
+def check(manifest: Manifest) -> list:
+    """Every backend's own checks of a manifest, so validate reports what any of them would refuse."""
+    return [issue for name in BACKENDS for issue in get(name).check(manifest)]
+
+
+def resolve_command(command: tuple[str, ...], bin_dir: str) -> tuple[str, ...]:
+    """A bare program name is one of the programs installed beside agentkit (--bin-dir)."""
+    program = command[0]
+    if program.startswith("/"):
+        return command
+    return (os.path.join(bin_dir, program),) + command[1:]
+
+
+def rss(pid: int) -> int | None:
+    """A process's resident memory in bytes, from /proc; None when it is gone."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -1,0 +1,72 @@
+"""The supervisord backend, for hosts whose PID 1 is not systemd: a per-user
+supervisord runs the agents, and agentkit-activator holds the optional agents'
+ports and starts them on their first connection.
+
+render.py plans supervisord.conf and activator.json (pure), run.py starts,
+updates, stops and reads a supervisord, activator/ is the activator program, and
+config.py the activator's configuration, shared by the writer and the reader.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterable
+
+from ...checks import Issue
+from ...errors import AgentkitError
+from ...files import RenderedFile
+from ...model import Manifest
+from .. import AgentStatus, Backend, Changes, Options, Outcome, Progress
+from . import render, run
+
+
+class SupervisordBackend(Backend):
+    name = "supervisord"
+    several_hosts = True  # one supervisord per host of the manifest, side by side
+    ours = re.compile(r"^(supervisord\.conf|activator\.json)$")
+
+    @classmethod
+    def here(cls) -> bool:
+        return True  # a per-user supervisord runs anywhere
+
+    def check(self, manifest: Manifest) -> Iterable[Issue]:
+        return render.check(manifest)
+
+    def state_dir(self, manifest: Manifest, host: str, options: Options) -> str:
+        if options.state_dir is None:
+            return run.default_state_dir(manifest, host)
+        base = os.path.abspath(options.state_dir)
+        return os.path.join(base, host) if options.several else base
+
+    def plan(self, manifest: Manifest, host: str, profile: str | None, options: Options) -> list[RenderedFile]:
+        return render.plan_supervisord(manifest, host, profile, bin_dir=options.bin_dir, templates=options.templates,
+                                       state_dir=self.state_dir(manifest, host, options))
+
+    def place(self, manifest: Manifest, host: str, options: Options) -> str:
+        return self.state_dir(manifest, host, options)
+
+    def apply(self, manifest: Manifest, host: str, profile: str, options: Options, progress: Progress) -> Outcome:
+        directory = self.state_dir(manifest, host, options)
+        result = run.up(manifest, host, profile, bin_dir=options.bin_dir, state_dir=directory,
+                        timeout=options.timeout, progress=progress)
+        running = len(result.essential) - len([n for n in result.failed if n in result.essential])
+        progress(f"{host}: {running}/{len(result.essential)} essential agents running, {len(result.optional)} "
+                 f"optional agents dormant (the activator holds their ports); state, logs and control socket "
+                 f"in {directory}")
+        return Outcome(Changes(changed=result.changed),
+                       failed={name: [f"{why} (log: {directory}/logs/)"] for name, why in result.failed.items()})
+
+    def stop(self, manifest: Manifest, host: str, options: Options, progress: Progress) -> bool:
+        directory = self.state_dir(manifest, host, options)
+        if run.down(directory, timeout=options.timeout):
+            progress(f"{host}: supervisord and every agent stopped ({directory})")
+            return True
+        progress(f"{host}: nothing running ({directory})")
+        return False
+
+    def status(self, manifest: Manifest, host: str, profile: str | None, options: Options) -> list[AgentStatus]:
+        directory = self.state_dir(manifest, host, options)
+        if not run.running(directory):
+            raise AgentkitError(f"{host}: no supervisord answers in {directory} (start the fleet with agentkit up)")
+        return run.collect(manifest, host, profile, directory)

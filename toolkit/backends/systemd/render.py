@@ -1,0 +1,94 @@
+"""plan(): the manifest -> the systemd units of one host, pure and deterministic.
+
+No I/O but reading templates: the same manifest, host, profile, bin dir and
+templates always give the same bytes, sorted by path, so golden files and
+`agentkit diff` are exact. Writing is files.replace_tree()'s job, and install's.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jinja2
+
+from ... import env as contract, escape, graph, templating, units, values
+from .. import resolve_command
+from ...files import RenderedFile
+from ...model import Manifest
+from ...router.settings import ROUTER_SETTINGS, router_flag_value
+
+SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
+TEMPLATES = ["agent.service.j2", "agent.socket.j2", "proxy.service.j2", "agentkit.target.j2", "agentkit.slice.j2",
+             "agentkit-rearm@.timer.j2", "agentkit-rearm@.service.j2", "router.service.j2"]
+
+
+def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
+    """agentkit-router's argv, in groups: the program and --listen, then one option per router setting."""
+    groups = [(os.path.join(bin_dir, units.ROUTER_PROGRAM), "--listen", f"{router.bind}:{router.port}")]
+    for key, value in router.settings:
+        flag = ROUTER_SETTINGS[key].flag
+        if flag is not None:
+            groups.append((flag, router_flag_value(key, value)))
+    return groups
+
+
+def plan(manifest: Manifest, host: str, profile: str | None = None, *,
+         bin_dir: str, templates: str | None = None) -> list[RenderedFile]:
+    """Every unit file of `host` for `profile`, sorted by path."""
+    agents = graph.on_host(manifest, host, profile)
+    (service_t, socket_t, proxy_t, target_t, slice_t, rearm_timer_t, rearm_service_t,
+     router_t) = templating.templates("systemd", TEMPLATES, templates).values()
+
+    profile_name = profile or manifest.default_profile
+    on_host = {a.name for a in agents}
+    files: list[RenderedFile] = []
+    try:
+        for agent in agents:
+            local_deps = [units.service(d) for d in agent.depends_on if d in on_host]
+            service = units.service(agent.name)
+            socket = units.socket(agent.name, agent.activation)
+            common = {"agent": agent, "unit": service, "source": os.path.basename(agent.where.file)}
+            files.append(RenderedFile(service, service_t.render(
+                common,
+                requires=local_deps,
+                command=escape.systemd_exec(resolve_command(agent.command, bin_dir)),
+                environment=[escape.systemd_env(k, v) for k, v in contract.for_agent(manifest, agent)],
+                slice=units.slice_(agent.slice),
+                target=units.TARGET,
+            )))
+            if agent.optional:
+                files.append(RenderedFile(socket, socket_t.render(
+                    common, target=units.TARGET, proxy=units.proxy(agent.name) if agent.activation == "proxy" else None)))
+            if agent.activation == "proxy":
+                files.append(RenderedFile(units.proxy(agent.name), proxy_t.render(
+                    common, socket=socket, target=units.TARGET,
+                    command=escape.systemd_exec((SOCKET_PROXYD, f"--exit-idle-time={values.format_span(agent.idle_stop)}",
+                                                 contract.loopback(agent.private_port))),
+                )))
+        optional = [a for a in agents if a.optional]
+        if optional:
+            delay = max(a.restart.interval for a in optional)
+            files.append(RenderedFile(units.REARM + ".timer", rearm_timer_t.render(delay=delay)))
+            files.append(RenderedFile(units.REARM + ".service", rearm_service_t.render()))
+        used_slices = sorted({a.slice for a in agents})
+        files.append(RenderedFile(units.ROOT_SLICE, slice_t.render(
+            slice=None, name=manifest.name, host=host)))
+        for name in used_slices:
+            files.append(RenderedFile(units.slice_(name), slice_t.render(
+                slice=manifest.slices[name], name=manifest.name, host=host)))
+        router = manifest.router if manifest.router is not None and manifest.router.host == host else None
+        if router is not None:
+            settings = dict(router.settings)
+            files.append(RenderedFile(units.ROUTER, router_t.render(
+                router=router, agent={"user": None}, source=os.path.basename(router.where.file), target=units.TARGET,
+                slice=units.ROOT_SLICE, command=" \\\n    ".join(escape.systemd_exec(g) for g in router_command(router, bin_dir)),
+                local_model=settings["local.model"], cloud_model=settings["cloud.model"],
+            )))
+        files.append(RenderedFile(units.TARGET, target_t.render(
+            name=manifest.name, host=host, profile=profile_name,
+            services=[units.service(a.name) for a in agents if a.essential] + ([units.ROUTER] if router is not None else []),
+            sockets=[units.socket(a.name, a.activation) for a in agents if a.optional],
+        )))
+    except jinja2.TemplateError as exc:
+        raise templating.render_error(exc) from exc
+    return sorted(files, key=lambda f: f.path)

@@ -1,0 +1,109 @@
+"""The checks across agents, made once a manifest is read: ports, dependencies,
+cycles, start limits. Each backend adds its own (backends.check): together they are
+everything render, install or up would refuse, so `agentkit validate` reports it first.
+
+A check yields Issues located by manifest key; the loader turns them into
+FILE:LINE problems.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Collection, Iterator
+
+from . import values
+from .errors import did_you_mean
+from .graph import find_cycles
+from .model import Manifest
+
+
+@dataclass(frozen=True)
+class Issue:
+    agent: str | None  # the agent whose declaration holds the key; None: a key of the fleet file
+    path: tuple  # below agents.<agent>, or from the top of the fleet file
+    message: str
+
+
+def port_owners(m: Manifest) -> dict[tuple[str, int], str]:
+    """(host, port) -> who uses it, first come: fleet services, the router, then the agents'
+    ports in manifest order."""
+    owners: dict[tuple[str, int], str] = {}
+    for host in m.hosts.values():
+        for service, port in host.ports:
+            owners.setdefault((host.name, port), f"the fleet service {service} (hosts.{host.name}.ports.{service})")
+    if m.router is not None:
+        owners.setdefault((m.router.host, m.router.port), "the router (router.port)")
+    for agent in m.agents.values():
+        for key, port in (("port", agent.port), ("health_port", agent.health_port),
+                          ("private_port", agent.private_port)):
+            if port is not None:
+                owners.setdefault((agent.host, port), f"{agent.name}.{key}")
+    return owners
+
+
+def fleet(m: Manifest, declared: Collection[str]) -> Iterator[Issue]:
+    """`declared`: every agent name of the files, also those with problems of their own
+    (a dependency on one of them is not 'unknown')."""
+    yield from _ports(m)
+    yield from _dependencies(m, declared)
+    yield from _start_limits(m)
+
+
+def _ports(m: Manifest) -> Iterator[Issue]:
+    owners = port_owners(m)
+    for agent in m.agents.values():
+        for key, port in (("port", agent.port), ("health_port", agent.health_port),
+                          ("private_port", agent.private_port)):
+            if port is None:
+                continue
+            other = owners[(agent.host, port)]
+            if other != f"{agent.name}.{key}":
+                yield Issue(agent.name, (key,), f"{port} is also used on {agent.host} by {other}")
+
+
+def _dependencies(m: Manifest, declared: Collection[str]) -> Iterator[Issue]:
+    agents = m.agents
+    for agent in agents.values():
+        seen = set()
+        for index, dep in enumerate(agent.depends_on):
+            path = ("depends_on", index)
+            if dep in seen:
+                yield Issue(agent.name, path, f"{dep} is listed twice")
+            seen.add(dep)
+            if dep == agent.name:
+                yield Issue(agent.name, path, "an agent cannot depend on itself")
+            elif dep not in declared:
+                yield Issue(agent.name, path, f"unknown agent {dep!r}{did_you_mean(dep, declared)}")
+            elif dep not in agents:
+                continue  # declared, with problems of its own
+            elif agent.essential and agents[dep].optional:
+                yield Issue(agent.name, path,
+                            f"essential agent {agent.name} depends on optional agent {dep}: an essential "
+                            "agent starts at boot and cannot wait for an on-demand one (make "
+                            f"{dep} essential, or {agent.name} optional)")
+    graph = {a.name: [d for d in a.depends_on if d in agents and d != a.name] for a in agents.values()}
+    for cycle in find_cycles(graph):
+        yield Issue(cycle[0], ("depends_on",), "dependency cycle: " + " -> ".join(cycle + [cycle[0]]))
+
+
+def _start_limits(m: Manifest) -> Iterator[Issue]:
+    """Idle wake-ups must never hit the start limit; a crash loop must."""
+    for agent in m.agents.values():
+        restart = agent.restart
+        if restart.policy != "no" and restart.burst * restart.delay >= restart.interval:
+            yield Issue(agent.name, ("restart",),
+                        f"a crash loop restarting every {values.format_span(restart.delay)} never "
+                        f"reaches burst {restart.burst} within interval {values.format_span(restart.interval)}: "
+                        "systemd would restart it forever (lower delay or burst, or raise interval)")
+        if agent.activation == "native" and restart.policy in ("always", "on-success"):
+            yield Issue(agent.name, ("restart",),
+                        f"restart policy {restart.policy} would start the agent again as soon as it "
+                        "exits when idle, so it would never be dormant (use on-failure)")
+        if agent.optional:
+            wakeups = restart.interval // agent.idle_stop + 1
+            if wakeups >= restart.burst:
+                yield Issue(agent.name, ("restart",),
+                            f"{wakeups} wake-ups after idle stops of "
+                            f"{values.format_span(agent.idle_stop)} fit in interval "
+                            f"{values.format_span(restart.interval)}, reaching burst {restart.burst}: "
+                            "on-demand starts would hit the start limit (raise burst or idle_stop)")

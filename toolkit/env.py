@@ -1,0 +1,55 @@
+"""The environment contract between agentkit and every agent it runs (AGENTKIT_*).
+
+Both renderers write it, the reference agent reads it, and the manifest refuses
+variables of the user's that start with the prefix. Each name is said here once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the reference agent imports this module: keep its start cheap
+    from .model import Agent, Manifest
+
+PREFIX = "AGENTKIT_"
+AGENT = "AGENTKIT_AGENT"  # the agent's name
+HOST = "AGENTKIT_HOST"  # the host of the manifest it runs on
+PORT = "AGENTKIT_PORT"  # its public port (the socket's, in native mode)
+HEALTH_PORT = "AGENTKIT_HEALTH_PORT"  # its HTTP health port, when it has one
+ACTIVATION = "AGENTKIT_ACTIVATION"  # none (essential), native or proxy
+BIND = "AGENTKIT_BIND"  # proxy mode: the private 127.0.0.1:port to listen on
+IDLE_STOP = "AGENTKIT_IDLE_STOP"  # native mode: seconds without traffic before it exits
+DEPENDS = "AGENTKIT_DEPENDS"  # Name=address:port,... of what it depends on
+GPU_MEMORY = "AGENTKIT_GPU_MEMORY"  # bytes of GPU memory the manifest says it needs
+
+
+def loopback(port: int) -> str:
+    return f"127.0.0.1:{port}"
+
+
+def for_agent(manifest: "Manifest", agent: "Agent", *, activation: str | None = None,
+              private_port: int | None = None) -> list[tuple[str, str]]:
+    """What agentkit tells an agent about itself, then the manifest's own variables.
+
+    `activation` and `private_port` override the agent's own (supervisord runs every
+    optional agent behind its activator, as proxy mode does)."""
+    activation = activation or agent.activation
+    private_port = private_port if private_port is not None else agent.private_port
+    env = [(AGENT, agent.name), (HOST, agent.host), (PORT, str(agent.port))]
+    if agent.health_port is not None:
+        env.append((HEALTH_PORT, str(agent.health_port)))
+    env.append((ACTIVATION, activation))
+    if activation == "proxy":
+        env.append((BIND, loopback(private_port)))
+    if activation == "native":
+        env.append((IDLE_STOP, f"{agent.idle_stop / 1_000_000:g}"))
+    if agent.depends_on:
+        addresses = []
+        for dep_name in agent.depends_on:
+            dep = manifest.agents[dep_name]
+            address = "127.0.0.1" if dep.host == agent.host else manifest.hosts[dep.host].address
+            addresses.append(f"{dep.name}={address}:{dep.port}")
+        env.append((DEPENDS, ",".join(addresses)))
+    if agent.gpu_memory is not None:
+        env.append((GPU_MEMORY, str(agent.gpu_memory)))
+    return env + list(agent.environment)

@@ -1,0 +1,264 @@
+"""Value parsers for the manifest's settings: each returns the parsed value or raises
+ValueError(message); the loader adds the file, line and key.
+
+Several problems inside one value (list items, variables) are raised together as
+Many, each at its own sub-path.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import env as contract, values
+
+AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+SLICE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+LABEL = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,30}$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A host name: dot-separated labels of letters, digits, '-' and '_' (as manifest host names allow).
+_HOST_LABELS = re.compile(r"^[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}"
+                          r"[A-Za-z0-9_])?)*\.?$")
+
+
+def is_address(text: str) -> bool:
+    """A host name, an IPv4 address, or an IPv6 address (bare or in brackets, with a zone or not)."""
+    if _HOST_LABELS.match(text) and len(text) <= 253:
+        return True
+    inner = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ipaddress.ip_address(inner)
+    except ValueError:
+        return False
+    return True
+
+
+
+
+class Many(ValueError):
+    """Several problems inside one value, each at its own sub-path (an item, a variable)."""
+
+    def __init__(self, problems: list[tuple[tuple, str]]):
+        super().__init__(problems[0][1])
+        self.problems = problems
+
+
+def each(items, parse_item) -> list:
+    """Parse every item; report all bad ones at their own index or key."""
+    out, problems = [], []
+    for key, item in items:
+        try:
+            out.append(parse_item(key, item))
+        except ValueError as exc:
+            problems.append(((key,), str(exc)))
+    if problems:
+        raise Many(problems)
+    return out
+
+def text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {show(value)}")
+    if CONTROL.search(value):
+        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {show(value)}")
+    return value
+
+
+def port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {show(value)}")
+    return value
+
+
+def optional(parser: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        return None if value is None else parser(value)
+    return parse
+
+
+def choice(*choices: str, newer: dict[str, str] | None = None) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if newer and value in newer:
+            raise ValueError(f"{value!r} needs systemd {newer[value]}; agentkit targets systemd 252 (Debian 12)")
+        if value not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {show(value)}")
+        return value
+    return parse
+
+
+def span(value: Any) -> int:
+    usec = values.parse_span(value)
+    if usec <= 0:
+        raise ValueError(f"a time span must be above zero, got {show(value)}")
+    return usec
+
+
+def memory(value: Any) -> int | str:
+    return values.parse_size(value, percent=True)
+
+
+def gpu_memory(value: Any) -> int:
+    return values.parse_size(value)  # type: ignore[return-value]
+
+
+def cpu_weight(value: Any) -> int:
+    if value == "idle":
+        raise ValueError("CPUWeight=idle needs systemd 253; agentkit targets systemd 252 (Debian 12)")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10000:
+        raise ValueError(f"expected a CPU weight from 1 to 10000 (100 is the default share), got {show(value)}")
+    return value
+
+
+def burst(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of starts, at least 1, got {show(value)}")
+    return value
+
+
+def names(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of agent names, got {show(value)}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a list of agent names, got {show(item)} in it")
+    return tuple(value)
+
+
+def _word(_: int, item: Any) -> str:
+    if isinstance(item, bool) or not isinstance(item, (str, int, float)):
+        raise ValueError(f"every word of a command must be text, got {show(item)}")
+    if CONTROL.search(str(item)):
+        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    return str(item)
+
+
+def argv(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected the command as a list of words (argv), got {show(value)}")
+    if not value:
+        raise ValueError("the command is empty: give at least the program")
+    words = each(enumerate(value), _word)
+    program = words[0]
+    if "/" in program and not program.startswith("/"):
+        raise ValueError(f"the program must be an absolute path or a bare name found in --bin-dir, got {program!r}")
+    if not program or program[0] in "@-:+!|":
+        raise ValueError(f"the program {program!r} starts with a character systemd reads as a prefix")
+    return tuple(words)
+
+
+def abs_path(value: Any) -> str:
+    written = text(value)
+    if not written.startswith("/") or " " in written:
+        raise ValueError(f"expected an absolute path without spaces, got {show(value)}")
+    return written
+
+
+def abs_paths(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of absolute paths, got {show(value)}")
+    return tuple(each(enumerate(value), lambda _, item: abs_path(item)))
+
+
+def user(value: Any) -> str:
+    if not isinstance(value, str) or not _USER_NAME.match(value):
+        raise ValueError(f"expected a user name (lower-case letters, digits, '_' and '-'), got {show(value)}")
+    return value
+
+
+@dataclass(frozen=True)
+class AddressOf:
+    """`{address_of: HOST}` as read, before the hosts are known."""
+
+    host: str
+
+
+def _variable(name: str, item: Any) -> tuple[str, str | AddressOf]:
+    if not _ENV_NAME.match(name):
+        raise ValueError("not a valid environment variable name (letters, digits and '_', not first a digit)")
+    if name.startswith(contract.PREFIX):
+        raise ValueError("names starting with AGENTKIT_ are set by agentkit itself")
+    if isinstance(item, dict):
+        if list(item) != ["address_of"] or not isinstance(item["address_of"], str):
+            raise ValueError("expected text, a number, or {address_of: HOST} (another host's address)")
+        return name, AddressOf(item["address_of"])
+    if isinstance(item, bool):
+        item = "true" if item else "false"
+    if item is None or not isinstance(item, (str, int, float)):
+        raise ValueError(f"expected text or a number, got {show(item)} (write '' for empty)")
+    item = str(item)
+    if CONTROL.search(item):
+        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    return name, item
+
+
+def environment(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of NAME: value, got {show(value)}")
+    return dict(each(((name, (name, item)) for name, item in value.items()),
+                      lambda _, pair: _variable(*pair)))
+
+
+def show(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, (datetime.date, datetime.datetime)):
+        return f"a date ({value}; quote it to keep it as text)"
+    return repr(value)
+
+
+
+def url(value: Any) -> str:
+    written = text(value)
+    scheme, sep, rest = written.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") or " " in written:
+        raise ValueError(f"expected an http:// or https:// URL such as http://127.0.0.1:8080/v1, got {show(value)}")
+    return written.rstrip("/")
+
+
+def model_name(value: Any) -> str:
+    written = text(value)
+    if not written or written.startswith("-") or " " in written:
+        raise ValueError(f"expected a model name (no spaces, not starting with '-'), got {show(value)}")
+    return written
+
+
+def whole(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}, got {show(value)}")
+        return value
+    return parse
+
+
+def fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"expected a number from 0 to 1, got {show(value)}")
+    return float(value)
+
+
+def size(value: Any) -> int:
+    return values.parse_size(value)  # type: ignore[return-value]
+
+
+def bind(value: Any) -> str:
+    written = text(value)
+    try:
+        ipaddress.ip_address(written)
+    except ValueError:
+        raise ValueError(f"expected an IP address to listen on, such as 0.0.0.0 or 127.0.0.1, got {show(value)}") from None
+    return written

@@ -1,0 +1,166 @@
+"""Every setting of the manifest, declared once (as mkosi declares its settings).
+
+Each table drives the loader (parsing, defaults, the unknown-key check), `agentkit
+show`, and the tables of the README (`markdown()`; tests/test_settings.py keeps
+the README in step). The router's table, which also makes agentkit-router's
+options, is in router/settings.py.
+
+A Setting's `help` is the short text errors quote ("missing port: ..."); `doc` is
+the README's, when it says more. `shown` is the README's default when the value
+alone would not say it (a required setting, a computed default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import parsers, values
+from .router.settings import REQUIRED, RouterSetting
+
+
+@dataclass(frozen=True)
+class Setting:
+    parse: Callable[[Any], Any] | None  # None: a section the loader reads with its own rules
+    default: Any
+    help: str
+    doc: str | None = None
+    shown: str | None = None
+
+
+def _S(parse, default, help, doc=None, shown=None) -> Setting:
+    return Setting(parse, default, help, doc, shown)
+
+
+RESTART_SETTINGS: dict[str, Setting] = {
+    "policy": _S(parsers.choice("no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"),
+                 "on-failure", "systemd Restart=: when a stopped agent is started again"),
+    "delay": _S(parsers.span, 1_000_000, "RestartSec=: pause before a restart"),
+    "burst": _S(parsers.burst, 5, "StartLimitBurst=: starts allowed within the interval"),
+    "interval": _S(parsers.span, 30_000_000, "StartLimitIntervalSec=: the window the burst is counted in"),
+}
+
+AGENT_SETTINGS: dict[str, Setting] = {
+    "host": _S(parsers.text, None, "the host the agent runs on (a key of hosts:)",
+               "the host it runs on", "(required)"),
+    "essential": _S(parsers.boolean, False, "true: started at boot; false: started on first connection",
+                    "true: started at boot; false: started on the first connection"),
+    "group": _S(parsers.text, None, "a label for profiles and graphs (default: the file's group)",
+                "a label for profiles and graphs", "the file's group"),
+    "description": _S(parsers.text, None, "one line for the unit's Description=",
+                      "one line for the unit's `Description=`", "generated"),
+    "command": _S(parsers.argv, None, "argv; a bare program name is looked up in --bin-dir",
+                  "argv, never a shell line; a bare program name is looked up in `--bin-dir` (default: this "
+                  "agentkit's own bin directory)", "(required)"),
+    "port": _S(parsers.port, None, "the agent port (ZeroMQ/TCP); optional agents' socket listens here",
+               "the agent port; an optional agent's socket listens here", "(required)"),
+    "health_port": _S(parsers.optional(parsers.port), None, "HTTP health port; never socket-activated",
+                      "HTTP health; never socket-activated, so a health check does not wake an agent"),
+    "depends_on": _S(parsers.names, (), "agents that must be running first (Requires= and After=)",
+                     "rendered as `Requires=` and `After=` together; across hosts, as addresses in "
+                     "`AGENTKIT_DEPENDS`"),
+    "activation": _S(parsers.choice("native", "proxy"), "native",
+                     "optional agents: native adopts the socket fd; proxy uses systemd-socket-proxyd",
+                     "optional agents: `native` (the agent adopts the socket's fd) or `proxy` "
+                     "(`systemd-socket-proxyd` forwards to 127.0.0.1:`private_port`; needs `service_type: notify`)"),
+    "private_port": _S(parsers.port, None,
+                       "proxy mode: where the agent listens on 127.0.0.1 (default port + private_port_offset)",
+                       "proxy mode only", "port + `private_port_offset`"),
+    "idle_stop": _S(parsers.span, 300_000_000, "optional agents: stop after this long without traffic",
+                    "optional agents stop after this long without traffic"),
+    "service_type": _S(parsers.choice("simple", "exec", "notify", newer={"notify-reload": "253"}), "exec",
+                       "systemd Type=; notify when the agent sends READY=1",
+                       "`Type=`: `simple`, `exec` or `notify`"),
+    "start_timeout": _S(parsers.span, 30_000_000, "TimeoutStartSec=: how long a start may take",
+                        "`TimeoutStartSec=`"),
+    "watchdog": _S(parsers.optional(parsers.span), None, "WatchdogSec=: the agent sends WATCHDOG=1 within this",
+                   "`WatchdogSec=`"),
+    "restart": _S(dict, None, "restart policy and start limits: " + ", ".join(RESTART_SETTINGS),
+                  "`policy`, `delay`, `burst`, `interval`: `Restart=`, `RestartSec=`, `StartLimitBurst=`, "
+                  "`StartLimitIntervalSec=`", "`on-failure`, `1s`, `5`, `30s`"),
+    "memory_max": _S(parsers.memory, None, "MemoryMax=: e.g. 4G, 80%", "`MemoryMax=`: `4G`, `80%`, `infinity`"),
+    "cpu_weight": _S(parsers.cpu_weight, None, "CPUWeight=: 1-10000", "`CPUWeight=` 1-10000"),
+    "gpu_memory": _S(parsers.gpu_memory, None, "GPU memory the agent needs, e.g. 6G (for the router and placement)",
+                     "what the agent needs on the GPU, e.g. `6G` (exported as `AGENTKIT_GPU_MEMORY`; keeps `/dev` "
+                     "visible)"),
+    "slice": _S(parsers.text, None, "a key of slices: (default: essential or optional)", "a key of `slices:`",
+                "`essential` / `optional`"),
+    "environment": _S(parsers.environment, {}, "extra environment; merged over the host's and the defaults'",
+                      "merged over the host's and the defaults'; a value `{address_of: HOST}` is that host's "
+                      "address"),
+    "user": _S(parsers.optional(parsers.user), None, "run as this existing user instead of a DynamicUser=",
+               "an existing user instead of `DynamicUser=yes`"),
+    "working_directory": _S(parsers.optional(parsers.abs_path), None, "WorkingDirectory=", "`WorkingDirectory=`"),
+    "writable_paths": _S(parsers.abs_paths, (), "ReadWritePaths=: paths the sandboxed agent may write",
+                         "`ReadWritePaths=`"),
+    "sandbox": _S(parsers.boolean, True, "the hardening directives (ProtectSystem=strict, ...); false turns them off",
+                  "the hardening directives; `false` drops them"),
+}
+# Settings that only mean something for an on-demand agent.
+OPTIONAL_ONLY = ("activation", "private_port", "idle_stop")
+
+FLEET_SETTINGS: dict[str, Setting] = {
+    "name": _S(parsers.text, "agentkit", "the fleet's name (units' descriptions, supervisord's state directory)"),
+    "hosts": _S(None, None, "the hosts, by name: address, environment, ports", shown="(required)"),
+    "defaults": _S(None, None, "agent settings for every agent (a group file may have its own)", shown="`{}`"),
+    "slices": _S(None, None, "agentkit-<name>.slice under agentkit.slice: description, memory_max, cpu_weight",
+                 shown="`essential`, `optional`"),
+    "profiles": _S(None, None, "which optional agents a host gets: all, agents, groups", shown="`full: {all: true}`"),
+    "default_profile": _S(parsers.text, None, "the profile used when none is named",
+                          shown="`full`, else the first"),
+    "private_port_offset": _S(parsers.whole(1, 65535), 20000,
+                              "proxy mode and supervisord: an agent listens on 127.0.0.1:port + this"),
+    "router": _S(None, None, "agentkit-router's settings (see The router)", shown="none"),
+}
+HOST_SETTINGS: dict[str, Setting] = {
+    "address": _S(parsers.text, None, "how agents on other hosts reach this one", shown="the host's name"),
+    "environment": _S(parsers.environment, {}, "variables for every agent on the host"),
+    "ports": _S(None, {}, "fleet services' ports on the host, by name: checked for clashes too"),
+}
+GROUP_SETTINGS: dict[str, Setting] = {
+    "group": _S(parsers.text, None, "the group's name", shown="the file's name"),
+    "host": _S(parsers.text, None, "the default host of the file's agents", shown="none"),
+    "defaults": _S(None, None, "agent settings for the file's agents", shown="`{}`"),
+    "agents": _S(None, None, "the agents, by name", shown="`{}`"),
+}
+SLICE_SETTINGS: dict[str, Setting] = {
+    "description": _S(parsers.text, None, "the slice's Description=", shown="agentkit NAME agents"),
+    "memory_max": _S(parsers.optional(parsers.memory), None, "MemoryMax= of the whole slice"),
+    "cpu_weight": _S(parsers.optional(parsers.cpu_weight), None, "CPUWeight= of the whole slice"),
+}
+PROFILE_SETTINGS: dict[str, Setting] = {
+    "all": _S(parsers.boolean, False, "every optional agent"),
+    "agents": _S(parsers.names, (), "optional agents by name"),
+    "groups": _S(parsers.names, (), "every optional agent of these groups"),
+}
+BUILTIN_SLICES = ("essential", "optional")
+
+
+def shown_default(setting: Setting | RouterSetting) -> str:
+    """A default as the README writes it."""
+    if setting.shown is not None:
+        return setting.shown
+    value = setting.default
+    if value is REQUIRED:
+        return "(required)"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{'true' if value else 'false'}`"
+    if setting.parse is parsers.span:
+        return f"`{values.format_span(value)}`"
+    if setting.parse in (parsers.size, parsers.memory):
+        return f"`{values.format_size(value)}`"
+    if value == () or value == []:
+        return "`[]`"
+    if value == {}:
+        return "`{}`"
+    return f"`{value}`"
+
+
+def markdown(table: dict[str, Setting] | dict[str, RouterSetting]) -> str:
+    """The README's table of `table`: setting, default, meaning."""
+    rows = ["| setting | default | meaning |", "|---|---|---|"]
+    for name, setting in table.items():
+        rows.append(f"| `{name}` | {shown_default(setting)} | {setting.doc or setting.help} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,47 @@
+"""The names agentkit gives the units (and programs) of a host: said once, used by both
+renderers, install, status and the testinfra checks.
+
+An agent called X is `agentkit-X.service`; an optional one also listens through
+`agentkit-X.socket` (native) or `agentkit-X-proxy.socket` + `agentkit-X-proxy.service`
+(proxy). Under supervisord the program is called X itself.
+"""
+
+from __future__ import annotations
+
+PREFIX = "agentkit-"
+TARGET = "agentkit.target"  # the deployment on a host: wanted by multi-user.target
+ROOT_SLICE = "agentkit.slice"
+REARM = "agentkit-rearm@"  # template units that make a failed socket listen again
+ROUTER = "agentkit-router.service"
+ROUTER_PROGRAM = "agentkit-router"
+ACTIVATOR_PROGRAM = "agentkit-activator"
+# The units `agentkit down` stops on a systemd host, besides the target.
+PATTERNS = (PREFIX + "*.socket", PREFIX + "*.service")
+
+
+def service(name: str) -> str:
+    return f"{PREFIX}{name}.service"
+
+
+def proxy(name: str) -> str:
+    return f"{PREFIX}{name}-proxy.service"
+
+
+def socket(name: str, activation: str) -> str:
+    """The socket that holds an optional agent's port: the proxy's in proxy mode."""
+    suffix = "-proxy" if activation == "proxy" else ""
+    return f"{PREFIX}{name}{suffix}.socket"
+
+
+def slice_(name: str) -> str:
+    return f"{PREFIX}{name}.slice"
+
+
+def of_agent(name: str, activation: str) -> list[str]:
+    """Every unit name an agent gets ('none' activation: an essential agent)."""
+    names = [service(name)]
+    if activation == "proxy":
+        names += [proxy(name), socket(name, activation)]
+    elif activation == "native":
+        names.append(socket(name, activation))
+    return names
