@@ -180,7 +180,8 @@ def validate(obj: Context) -> None:
     """Check the manifest for every backend; print every problem as FILE:LINE: key: message."""
     m = obj.manifest
     essential = sum(a.essential for a in m.agents.values())
-    click.echo(f"{m.root}: {len(m.agents)} agents on {len(m.hosts)} hosts "
+    click.echo(f"{m.root}: {len(m.agents)} agent{'s' if len(m.agents) != 1 else ''} on {len(m.hosts)} "
+               f"host{'s' if len(m.hosts) != 1 else ''} "
                f"({essential} essential, {len(m.agents) - essential} optional), "
                f"profiles: {', '.join(m.profiles)}: ok")
     pairs = graph.cross_host(m)

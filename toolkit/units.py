@@ -36,12 +36,3 @@ def socket(name: str, activation: str) -> str:
 def slice_(name: str) -> str:
     return f"{PREFIX}{name}.slice"
 
-
-def of_agent(name: str, activation: str) -> list[str]:
-    """Every unit name an agent gets ('none' activation: an essential agent)."""
-    names = [service(name)]
-    if activation == "proxy":
-        names += [proxy(name), socket(name, activation)]
-    elif activation == "native":
-        names.append(socket(name, activation))
-    return names

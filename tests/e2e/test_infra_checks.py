@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agentkit import graph, manifest as manifest_mod
+from agentkit import graph, manifest as manifest_mod, units
 
 from . import test_fleet
 from .test_fleet import install, request
@@ -109,8 +109,8 @@ def expected_ids(m, host: str, profile: str, hid: str | None = None) -> set[str]
 
 def never_started(container, agents) -> dict[str, str]:
     """{service: ActiveEnterTimestampMonotonic} of the agents' services, one systemctl call."""
-    units = [f"agentkit-{a.name}.service" for a in agents]
-    out = container.systemctl("show", "-p", "Id,ActiveEnterTimestampMonotonic", *units).stdout
+    services = [units.service(a.name) for a in agents]
+    out = container.systemctl("show", "-p", "Id,ActiveEnterTimestampMonotonic", *services).stdout
     props = [dict(line.split("=", 1) for line in block.splitlines() if "=" in line) for block in out.split("\n\n")]
     return {p["Id"]: p["ActiveEnterTimestampMonotonic"] for p in props if p}
 
