@@ -1155,8 +1155,8 @@ def test_a_host_variable_supervisord_cannot_hold_is_reported_at_the_host_once(wo
         """)},
         fleet="hosts:\n  alpha:\n    environment: {NOTE: \"a ;b\"}\n")
     assert problems_in(root) == [
-        "agents/fleet.yaml:3: hosts.alpha.environment.NOTE: 'a ;b' cannot be written for supervisord: its "
-        "config parser takes ';' or '#' after white space as the start of a comment"]
+        "agents/fleet.yaml:3: hosts.alpha.environment.NOTE: 'a ;b' cannot be written to supervisord.conf: its "
+        "parser takes ';' or '#' after white space as the start of a comment"]
 
 
 @pytest.mark.parametrize("argv", [["-m", "lab", "validate"], ["validate", "-m", "lab"],

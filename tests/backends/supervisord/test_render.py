@@ -418,8 +418,8 @@ def test_an_environment_value_supervisord_cannot_hold_is_named(tmp_path):
     with pytest.raises(ManifestError) as caught:
         manifest.load(root)
     assert [str(p) for p in caught.value.problems] == [
-        f"{root}/here.yaml:3: agents.Odd.environment.NOTE: NOTE='call me ;later' cannot be written for supervisord: "
-        "its config parser takes ';' or '#' after white space as the start of a comment"]
+        f"{root}/here.yaml:3: agents.Odd.environment.NOTE: NOTE='call me ;later' cannot be written to "
+        "supervisord.conf: its parser takes ';' or '#' after white space as the start of a comment"]
 
 
 def test_a_native_agents_private_port_that_clashes_is_reported(tmp_path):

@@ -93,16 +93,21 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # --- escaping for supervisord's config file --------------------------------------
 
-def _ini_problem(value: str) -> str | None:
-    """Why supervisord.conf cannot hold `value` as it is, or None."""
+def _parse_problem(value: str) -> str | None:
+    """What supervisord's config parser would cut out of `value`, or None."""
     if _CONTROL.search(value):
         return "holds a control character, which supervisord.conf cannot hold"
     if _INLINE_COMMENT.search(value):
         return ("cannot be written to supervisord.conf: its parser takes ';' or '#' after white space as the "
                 "start of a comment")
+    return None
+
+
+def _ini_problem(value: str) -> str | None:
+    """Why supervisord.conf cannot hold `value` as a plain value, or None."""
     if value != value.strip():
         return "cannot be written to supervisord.conf: its parser strips white space at either end"
-    return None
+    return _parse_problem(value)
 
 
 def ini_value(value: str, what: str) -> str:
@@ -128,11 +133,9 @@ def command_value(argv: list[str] | tuple[str, ...]) -> str:
 
 def _environment_problem(value: str) -> str | None:
     """Why supervisord cannot hold `value` in environment=, or None."""
-    if _CONTROL.search(value):
-        return "holds a control character, which supervisord.conf cannot hold"
-    if _INLINE_COMMENT.search(value):
-        return ("cannot be written for supervisord: its config parser takes ';' or '#' after white space as "
-                "the start of a comment")
+    problem = _parse_problem(value)
+    if problem is not None:
+        return problem
     if value[:1] in ("'", '"') or value[-1:] in ("'", '"'):
         return "cannot be written for supervisord: it strips quote characters from both ends of every environment value"
     if "'" in value and '"' in value:
