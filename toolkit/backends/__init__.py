@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
+from ..checks import Issue
 from ..errors import AgentkitError
 from ..files import RenderedFile
 from ..model import Manifest
@@ -106,7 +107,7 @@ class Backend(ABC):
     def here(cls) -> bool:
         """Whether this machine runs this backend's manager (for --backend auto)."""
 
-    def check(self, manifest: Manifest) -> Iterable["Issue"]:  # noqa: F821 - checks.Issue
+    def check(self, manifest: Manifest) -> Iterable[Issue]:
         """What this backend's plan or apply would refuse, as manifest Issues (the loader
         reports them with FILE:LINE). Options of the run (bin dir, state dir) are not
         the manifest's, and are checked by plan."""
@@ -182,7 +183,7 @@ def choose(name: str) -> Backend:
     return get(detect() if name == "auto" else name)
 
 
-def check(manifest: Manifest) -> list:
+def check(manifest: Manifest) -> list[Issue]:
     """Every backend's own checks of a manifest, so validate reports what any of them would refuse."""
     return [issue for name in BACKENDS for issue in get(name).check(manifest)]
 
