@@ -13,7 +13,7 @@ from typing import Any, Callable
 import click
 from aiohttp import web
 
-from .. import logs, parsers
+from .. import logs, parsers, units
 from ..sdnotify import Notifier
 from .gpu import GpuSampler
 from .policy import LocalModel, PolicyConfig
@@ -77,7 +77,7 @@ def router_options(command: Callable) -> Callable:
 def main(**opts) -> None:
     """The GPU-aware LLM router: OpenAI-compatible, local or cloud per request."""
     o: dict[str, Any] = {key: opts[_param(setting.flag)] for key, setting in ROUTER_OPTIONS.items()}
-    logs.setup("agentkit-router", level=o["log_level"])
+    logs.setup(units.ROUTER_PROGRAM, level=o["log_level"])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     host, port = o["listen"]
     local = LocalModel(o["local.model"], o["local.context_window"], o["local.kv_cache_per_token"])
@@ -108,7 +108,7 @@ def main(**opts) -> None:
 
 
 async def serve(settings: Settings, host: str, port: int, gpu_interval: float, gpu_stale_after: float) -> int:
-    log = logging.getLogger("agentkit.router")
+    log = logging.getLogger(units.ROUTER_PROGRAM)
     gpu = GpuSampler(interval=gpu_interval, stale_after=gpu_stale_after)
     gpu.start()
     if gpu.available:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 import aiohttp
 from aiohttp import web
 
+from .. import units
 from . import inbound, policy
 from .breaker import Breaker
 from .gpu import GpuSampler
@@ -36,7 +37,7 @@ from .metrics import CONTENT_TYPE, Metrics
 from .policy import CLOUD, LOCAL, Decision, PolicyConfig, Task, View
 from .settings import default, seconds
 
-log = logging.getLogger("agentkit.router")
+log = logging.getLogger(units.ROUTER_PROGRAM)
 
 CREDENTIAL = "cloud-api-key"  # the name under $CREDENTIALS_DIRECTORY (LoadCredential=)
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
