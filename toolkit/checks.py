@@ -27,18 +27,27 @@ class Issue:
 def port_owners(m: Manifest) -> dict[tuple[str, int], str]:
     """(host, port) -> who uses it, first come: fleet services, the router, then the agents'
     ports in manifest order."""
+    return _owners_and_clashes(m)[0]
+
+
+def _owners_and_clashes(m: Manifest) -> tuple[dict[tuple[str, int], str], list[Issue]]:
     owners: dict[tuple[str, int], str] = {}
     for host in m.hosts.values():
         for service, port in host.ports:
             owners.setdefault((host.name, port), f"the fleet service {service} (hosts.{host.name}.ports.{service})")
     if m.router is not None:
         owners.setdefault((m.router.host, m.router.port), "the router (router.port)")
+    clashes = []
     for agent in m.agents.values():
         for key, port in (("port", agent.port), ("health_port", agent.health_port),
                           ("private_port", agent.private_port)):
-            if port is not None:
-                owners.setdefault((agent.host, port), f"{agent.name}.{key}")
-    return owners
+            if port is None:
+                continue
+            label = f"{agent.name}.{key}"
+            other = owners.setdefault((agent.host, port), label)
+            if other != label:
+                clashes.append(Issue(agent.name, (key,), f"{port} is also used on {agent.host} by {other}"))
+    return owners, clashes
 
 
 def fleet(m: Manifest, declared: Collection[str]) -> Iterator[Issue]:
@@ -49,16 +58,9 @@ def fleet(m: Manifest, declared: Collection[str]) -> Iterator[Issue]:
     yield from _start_limits(m)
 
 
-def _ports(m: Manifest) -> Iterator[Issue]:
-    owners = port_owners(m)
-    for agent in m.agents.values():
-        for key, port in (("port", agent.port), ("health_port", agent.health_port),
-                          ("private_port", agent.private_port)):
-            if port is None:
-                continue
-            other = owners[(agent.host, port)]
-            if other != f"{agent.name}.{key}":
-                yield Issue(agent.name, (key,), f"{port} is also used on {agent.host} by {other}")
+def _ports(m: Manifest) -> list[Issue]:
+    """One owner per (host, port), across agent, health, private and fleet ports."""
+    return _owners_and_clashes(m)[1]
 
 
 def _dependencies(m: Manifest, declared: Collection[str]) -> Iterator[Issue]:

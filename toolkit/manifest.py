@@ -29,6 +29,9 @@ from .yamlsrc import INVALID, Document, load as load_yaml
 
 FLEET_FILE = "fleet.yaml"
 FLEET_FILES = (FLEET_FILE, "fleet.yml")
+# Every agent setting's default by its key in a merged layer ("restart.delay" for restart's).
+_DEFAULTS = {**{key: s.default for key, s in AGENT_SETTINGS.items()},
+             **{f"restart.{key}": s.default for key, s in RESTART_SETTINGS.items()}}
 
 
 def _resolve_environment(check: "_Checker", doc: Document, path: tuple, env: dict,
@@ -387,7 +390,7 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     def get(key: str) -> Any:
         entry = merged.get(key)
         if entry is None or entry[0] is INVALID:  # reported already; the default avoids follow-on problems
-            return RESTART_SETTINGS[key[8:]].default if key.startswith("restart.") else AGENT_SETTINGS[key].default
+            return _DEFAULTS[key]
         return entry[0]
 
     for key in ("host", "command", "port"):
