@@ -180,3 +180,23 @@ def test_readme_documents_every_agent_setting():
     readme = (REPO / "README.md").read_text()
     missing = [name for name in AGENT_SETTINGS if f"`{name}`" not in readme]
     assert missing == []
+
+
+def test_supervisord_render_replaces_its_own_files_and_diff_reads_them(tmp_path):
+    # The output directory is judged by the backend's own file names: a second render
+    # replaces supervisord.conf and activator.json (it used to refuse them as foreign).
+    state = ["--state-dir", tmp_path / "state"]
+    for _ in range(2):
+        result = run("render", "--backend", "supervisord", "--out", tmp_path / "b", *state, *BIN)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == [f"{tmp_path}/b/mainpc/: 1 conf, 1 json",
+                                              f"{tmp_path}/b/pc2/: 1 conf, 1 json"]
+    same = run("diff", tmp_path / "b", "--backend", "supervisord", *state, *BIN)
+    assert (same.returncode, same.stdout) == (0, "")
+    conf = tmp_path / "b" / "pc2" / "supervisord.conf"
+    conf.write_text(conf.read_text().replace("startretries=5", "startretries=9", 1))
+    changed = run("diff", tmp_path / "b", "--backend", "supervisord", *state, *BIN)
+    assert changed.returncode == 1 and "-startretries=9" in changed.stdout and "+startretries=5" in changed.stdout
+    # ... and systemd units are not written over them
+    refused = run("render", "--out", tmp_path / "b", *BIN)
+    assert refused.returncode == 1 and "holds files agentkit did not write" in refused.stderr
