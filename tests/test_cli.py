@@ -183,8 +183,8 @@ def test_readme_documents_every_agent_setting():
 
 
 def test_supervisord_render_replaces_its_own_files_and_diff_reads_them(tmp_path):
-    # The output directory is judged by the backend's own file names: a second render
-    # replaces supervisord.conf and activator.json (it used to refuse them as foreign).
+    # A second render replaces supervisord.conf and activator.json (it used to refuse
+    # them as foreign: the output directory was judged by systemd's file names alone).
     state = ["--state-dir", tmp_path / "state"]
     for _ in range(2):
         result = run("render", "--backend", "supervisord", "--out", tmp_path / "b", *state, *BIN)
@@ -197,6 +197,12 @@ def test_supervisord_render_replaces_its_own_files_and_diff_reads_them(tmp_path)
     conf.write_text(conf.read_text().replace("startretries=5", "startretries=9", 1))
     changed = run("diff", tmp_path / "b", "--backend", "supervisord", *state, *BIN)
     assert changed.returncode == 1 and "-startretries=9" in changed.stdout and "+startretries=5" in changed.stdout
-    # ... and systemd units are not written over them
-    refused = run("render", "--out", tmp_path / "b", *BIN)
-    assert refused.returncode == 1 and "holds files agentkit did not write" in refused.stderr
+    # Another backend's render of the same hosts replaces them whole (both are agentkit's) ...
+    units = run("render", "--out", tmp_path / "b", *BIN)
+    assert units.returncode == 0, units.stderr
+    assert (tmp_path / "b" / "pc2" / "agentkit.target").exists() and not conf.exists()
+    # ... but a file of the user's in there is never written over.
+    (tmp_path / "b" / "pc2" / "notes.txt").write_text("mine\n")
+    refused = run("render", "--backend", "supervisord", "--out", tmp_path / "b", *state, *BIN)
+    assert refused.returncode == 1 and "holds files agentkit did not write (notes.txt)" in refused.stderr
+    assert (tmp_path / "b" / "pc2" / "notes.txt").read_text() == "mine\n"

@@ -86,17 +86,17 @@ class Config:
     def __init__(self, env):
         self.name = env.get(contract.AGENT, "")
         if not self.name:
-            raise ConfigError("AGENTKIT_AGENT is not set (the agent's name)")
+            raise ConfigError(f"{contract.AGENT} is not set (the agent's name)")
         self.host = env.get(contract.HOST) or socket.gethostname()
         self.activation = env.get(contract.ACTIVATION) or "none"
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"AGENTKIT_ACTIVATION={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+            raise ConfigError(f"{contract.ACTIVATION}={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
         self.port = _port(env, contract.PORT)
         self.health_port = _port(env, contract.HEALTH_PORT, required=False)
         self.bind = None
         if self.activation == "proxy":
             if not env.get(contract.BIND):
-                raise ConfigError("AGENTKIT_BIND is not set (proxy mode: the private host:port to listen on)")
+                raise ConfigError(f"{contract.BIND} is not set (proxy mode: the private host:port to listen on)")
             self.bind = _address(env[contract.BIND], contract.BIND)
         self.idle_stop = None
         if self.activation == "native" and env.get(contract.IDLE_STOP):
@@ -106,15 +106,15 @@ class Config:
             except ValueError:
                 self.idle_stop = -1.0
             if not 0 < self.idle_stop < float("inf"):
-                raise ConfigError(f"AGENTKIT_IDLE_STOP={raw!r}: expected seconds above zero")
+                raise ConfigError(f"{contract.IDLE_STOP}={raw!r}: expected seconds above zero")
         self.depends = []
         for item in env.get(contract.DEPENDS, "").split(","):
             if not item.strip():
                 continue
             name, sep, address = item.strip().partition("=")
             if not sep or not name:
-                raise ConfigError(f"AGENTKIT_DEPENDS: expected Name=host:port, got {item!r}")
-            self.depends.append((name, *_address(address, f"AGENTKIT_DEPENDS ({name})")))
+                raise ConfigError(f"{contract.DEPENDS}: expected Name=host:port, got {item!r}")
+            self.depends.append((name, *_address(address, f"{contract.DEPENDS} ({name})")))
 
 
 def parse_args(argv):

@@ -105,8 +105,12 @@ auto_backend_option = click.option("--backend", type=click.Choice(["auto", *BACK
 state_dir_option = click.option("--state-dir", metavar="DIR", type=click.Path(file_okay=False),
                                 help="supervisord: where its config, socket and logs live. "
                                      "Default: ~/.local/state/agentkit/<fleet>-<host>.")
-timeout_option = click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS",
-                              help="How long to wait for the essential agents to start (and for stops).")
+def timeout_option(what: str):
+    return click.option("--timeout", default=120.0, show_default=True, metavar="SECONDS", help=f"How long to wait {what}.")
+
+
+START_TIMEOUT = "for the essential agents to start"
+STOP_TIMEOUT = "for the agents to stop"
 
 
 def backend_option(help: str):
@@ -140,6 +144,8 @@ def _hosts(m: Manifest, chosen: tuple[str, ...]) -> list[str]:
 def _selected(m: Manifest, hosts: tuple[str, ...], profile: str | None):
     """The profile's agents on the chosen hosts, manifest order."""
     chosen = set(_hosts(m, hosts))
+    if profile is not None and profile not in m.profiles:
+        raise AgentkitError(f"unknown profile {profile!r} (profiles: {', '.join(m.profiles)})")
     return [a for a in graph.selected(m, profile) if a.host in chosen]
 
 
@@ -207,11 +213,12 @@ def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, t
     backend = backends.get(backend)
     options = _options(chosen, bin_dir, templates=templates, state_dir=state_dir)
     plans = {host: backend.plan(m, host, profile, options) for host in chosen}
+    ours = backends.any_ours()  # another backend's render of the same host is agentkit's too
     for host in plans:  # refuse before writing anything
-        files.check_replaceable(os.path.join(out, host), backend.ours)
+        files.check_replaceable(os.path.join(out, host), ours)
     for host, planned in plans.items():
         target = os.path.join(out, host)
-        files.replace_tree(target, planned, backend.ours)
+        files.replace_tree(target, planned, ours)
         click.echo(f"{target}/: {output.file_counts(planned)}")
 
 
@@ -288,7 +295,7 @@ def graph_cmd(obj: Context, fmt: str, hosts, profile) -> None:
 @state_dir_option
 @click.option("--dry-run", is_flag=True, help="Show what would change; exit 1 if anything would.")
 @click.option("--force", is_flag=True, help="Overwrite agentkit's units even if edited by hand since.")
-@timeout_option
+@timeout_option(START_TIMEOUT)
 @click.option("--restart", "restart_all", is_flag=True,
               help="Restart every running agent, changed or not (after an upgrade of agentkit itself).")
 @click.option("--json", "as_json", is_flag=True,
@@ -347,7 +354,7 @@ def _report_failures(failed: dict[str, list[str]]) -> bool:
 @cli.command()
 @backend_option("What to uninstall.")
 @click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False))
-@timeout_option
+@timeout_option(STOP_TIMEOUT)
 @click.pass_obj
 def uninstall(obj: Context, backend, root, timeout) -> None:
     """Stop and remove everything agentkit installed (and nothing else)."""
@@ -361,7 +368,7 @@ def uninstall(obj: Context, backend, root, timeout) -> None:
 @profile_option
 @auto_backend_option
 @state_dir_option
-@timeout_option
+@timeout_option(START_TIMEOUT)
 @bin_dir_option
 @click.pass_obj
 def up(obj: Context, hosts, profile, backend, state_dir, timeout, bin_dir) -> None:
@@ -397,14 +404,17 @@ def _next_steps(m: Manifest, hosts: list[str], backend: Backend) -> None:
 @host_option
 @auto_backend_option
 @state_dir_option
-@timeout_option
+@timeout_option(STOP_TIMEOUT)
 @click.pass_obj
 def down(obj: Context, hosts, backend, state_dir, timeout) -> None:
     """Stop the fleet on this machine (supervisord: and supervisord itself)."""
     m = obj.manifest
     backend = backends.choose(backend)
-    chosen, _ = _hosts_here(m, hosts, backend)
-    options = _options(chosen, state_dir=state_dir, timeout=timeout)
+    if backend.several_hosts:
+        chosen = _hosts_here(m, hosts, backend)[0]
+    else:  # one manager here runs whichever host's agents it was given: stop them all
+        chosen = [_hosts(m, hosts[:1])[0] if hosts else None]
+    options = _options([h for h in chosen if h], state_dir=state_dir, timeout=timeout)
     for host in chosen:
         backend.stop(m, host, options, click.echo)
 

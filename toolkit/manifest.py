@@ -327,14 +327,15 @@ def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
 
 def _read_slices(check: _Checker, doc: Document, fleet: dict) -> dict[str, Slice]:
     raw_slices = check.mapping(doc, ("slices",), fleet.get("slices"), "the slices")
-    slices = {name: Slice(name, f"agentkit {name} agents", None, None) for name in BUILTIN_SLICES}
+    described = SLICE_SETTINGS["description"].default
+    slices = {name: Slice(name, described.format(name=name), None, None) for name in BUILTIN_SLICES}
     for slice_name, raw in raw_slices.items():
         path = ("slices", slice_name)
         if not parsers.SLICE_NAME.match(slice_name):
             check.add(doc, path, "a slice name is letters, digits and '_' ('-' would nest it in another slice)")
         data = check.mapping(doc, path, raw, "the slice's settings")
         check.known_keys(doc, path, data, SLICE_SETTINGS)
-        description = data.get("description", f"agentkit {slice_name} agents")
+        description = data.get("description", described.format(name=slice_name))
         if check.parse(doc, path + ("description",), description, parsers.text) is INVALID:
             description = slice_name
         memory = check.parse(doc, path + ("memory_max",), data.get("memory_max"), parsers.optional(parsers.memory))

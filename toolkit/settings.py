@@ -32,6 +32,30 @@ def _S(parse, default, help, doc=None, shown=None) -> Setting:
     return Setting(parse, default, help, doc, shown)
 
 
+def shown_default(setting: Setting | RouterSetting) -> str:
+    """A default as the README writes it."""
+    if setting.shown is not None:
+        return setting.shown
+    value = setting.default
+    if value is REQUIRED:
+        return "(required)"
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return f"`{'true' if value else 'false'}`"
+    if setting.parse is parsers.span:
+        return f"`{values.format_span(value)}`"
+    if setting.parse in (parsers.size, parsers.memory):
+        return f"`{values.format_size(value)}`"
+    if value == () or value == []:
+        return "`[]`"
+    if value == {}:
+        return "`{}`"
+    return f"`{value}`"
+
+
+BUILTIN_SLICES = ("essential", "optional")  # every host has these; slices: adds more
+
 RESTART_SETTINGS: dict[str, Setting] = {
     "policy": _S(parsers.choice("no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"),
                  "on-failure", "systemd Restart=: when a stopped agent is started again"),
@@ -77,14 +101,14 @@ AGENT_SETTINGS: dict[str, Setting] = {
                    "`WatchdogSec=`"),
     "restart": _S(dict, None, "restart policy and start limits: " + ", ".join(RESTART_SETTINGS),
                   "`policy`, `delay`, `burst`, `interval`: `Restart=`, `RestartSec=`, `StartLimitBurst=`, "
-                  "`StartLimitIntervalSec=`", "`on-failure`, `1s`, `5`, `30s`"),
+                  "`StartLimitIntervalSec=`", ", ".join(shown_default(s) for s in RESTART_SETTINGS.values())),
     "memory_max": _S(parsers.memory, None, "MemoryMax=: e.g. 4G, 80%", "`MemoryMax=`: `4G`, `80%`, `infinity`"),
     "cpu_weight": _S(parsers.cpu_weight, None, "CPUWeight=: 1-10000", "`CPUWeight=` 1-10000"),
     "gpu_memory": _S(parsers.gpu_memory, None, "GPU memory the agent needs, e.g. 6G (for the router and placement)",
                      "what the agent needs on the GPU, e.g. `6G` (exported as `AGENTKIT_GPU_MEMORY`; keeps `/dev` "
                      "visible)"),
     "slice": _S(parsers.text, None, "a key of slices: (default: essential or optional)", "a key of `slices:`",
-                "`essential` / `optional`"),
+                " / ".join(f"`{name}`" for name in BUILTIN_SLICES)),
     "environment": _S(parsers.environment, {}, "extra environment; merged over the host's and the defaults'",
                       "merged over the host's and the defaults'; a value `{address_of: HOST}` is that host's "
                       "address"),
@@ -104,7 +128,7 @@ FLEET_SETTINGS: dict[str, Setting] = {
     "hosts": _S(None, None, "the hosts, by name: address, environment, ports", shown="(required)"),
     "defaults": _S(None, None, "agent settings for every agent (a group file may have its own)", shown="`{}`"),
     "slices": _S(None, None, "agentkit-<name>.slice under agentkit.slice: description, memory_max, cpu_weight",
-                 shown="`essential`, `optional`"),
+                 shown=", ".join(f"`{name}`" for name in BUILTIN_SLICES)),
     "profiles": _S(None, None, "which optional agents a host gets: all, agents, groups", shown="`full: {all: true}`"),
     "default_profile": _S(parsers.text, None, "the profile used when none is named",
                           shown="`full`, else the first"),
@@ -124,7 +148,8 @@ GROUP_SETTINGS: dict[str, Setting] = {
     "agents": _S(None, None, "the agents, by name", shown="`{}`"),
 }
 SLICE_SETTINGS: dict[str, Setting] = {
-    "description": _S(parsers.text, None, "the slice's Description=", shown="agentkit NAME agents"),
+    "description": _S(parsers.text, "agentkit {name} agents", "the slice's Description=",
+                      shown="agentkit NAME agents"),
     "memory_max": _S(parsers.optional(parsers.memory), None, "MemoryMax= of the whole slice"),
     "cpu_weight": _S(parsers.optional(parsers.cpu_weight), None, "CPUWeight= of the whole slice"),
 }
@@ -133,29 +158,6 @@ PROFILE_SETTINGS: dict[str, Setting] = {
     "agents": _S(parsers.names, (), "optional agents by name"),
     "groups": _S(parsers.names, (), "every optional agent of these groups"),
 }
-BUILTIN_SLICES = ("essential", "optional")
-
-
-def shown_default(setting: Setting | RouterSetting) -> str:
-    """A default as the README writes it."""
-    if setting.shown is not None:
-        return setting.shown
-    value = setting.default
-    if value is REQUIRED:
-        return "(required)"
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return f"`{'true' if value else 'false'}`"
-    if setting.parse is parsers.span:
-        return f"`{values.format_span(value)}`"
-    if setting.parse in (parsers.size, parsers.memory):
-        return f"`{values.format_size(value)}`"
-    if value == () or value == []:
-        return "`[]`"
-    if value == {}:
-        return "`{}`"
-    return f"`{value}`"
 
 
 def markdown(table: dict[str, Setting] | dict[str, RouterSetting]) -> str:

@@ -362,3 +362,30 @@ def test_install_names_an_essential_agent_that_fails_and_uninstall_removes_every
         assert show(container, unit, "LoadState")["LoadState"] == "not-found", unit
     with pytest.raises(zmq.Again):
         request(17109, {"action": "ping"}, timeout=2)
+
+
+def test_down_stops_the_target_and_every_agent_unit_and_nothing_else(container_factory, tmp_path):
+    manifest = lab_manifest(tmp_path, """\
+        Keep:
+          essential: true
+          port: 17107
+        Lazy:
+          port: 17108
+          idle_stop: 1min
+        """)
+    container = container_factory(hostname="lab", bind_ro=[str(manifest)])
+    container.write_file("/etc/systemd/system/mine.service", "[Service]\nExecStart=/bin/sleep infinity\n")
+    container.systemctl("daemon-reload")
+    container.systemctl("start", "mine.service")
+    install(container, manifest, "lab")
+    assert request(17108, {"action": "ping"})["ok"]  # Lazy runs when the fleet goes down
+    down = container.run([AGENTKIT, "-m", str(manifest), "down"], check=False, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert down.stdout.strip() == "stopped agentkit.target and its units"
+    for unit in ("agentkit.target", "agentkit-Keep.service", "agentkit-Lazy.service", "agentkit-Lazy.socket"):
+        assert show(container, unit, "ActiveState")["ActiveState"] == "inactive", unit
+    assert show(container, "mine.service", "ActiveState")["ActiveState"] == "active"  # not agentkit's
+    with pytest.raises(zmq.Again):
+        request(17108, {"action": "ping"}, timeout=2)
+    install(container, manifest, "lab")  # and up again
+    assert request(17107, {"action": "ping"})["ok"] and request(17108, {"action": "ping"})["ok"]

@@ -188,6 +188,11 @@ def check(manifest: Manifest) -> list[Issue]:
     return [issue for name in BACKENDS for issue in get(name).check(manifest)]
 
 
+def any_ours() -> re.Pattern[str]:
+    """The file names any backend of the table writes into a host directory."""
+    return re.compile("|".join(f"(?:{get(name).ours.pattern})" for name in BACKENDS))
+
+
 def resolve_command(command: tuple[str, ...], bin_dir: str) -> tuple[str, ...]:
     """A bare program name is one of the programs installed beside agentkit (--bin-dir)."""
     program = command[0]

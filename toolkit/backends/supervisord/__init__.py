@@ -17,14 +17,14 @@ from ...checks import Issue
 from ...errors import AgentkitError
 from ...files import RenderedFile
 from ...model import Manifest
-from .. import AgentStatus, Backend, Changes, Options, Outcome, Progress
+from .. import AgentStatus, Backend, Options, Outcome, Progress
 from . import render, run
 
 
 class SupervisordBackend(Backend):
     name = "supervisord"
     several_hosts = True  # one supervisord per host of the manifest, side by side
-    ours = re.compile(r"^(supervisord\.conf|activator\.json)$")
+    ours = re.compile(f"^({re.escape(render.CONF)}|{re.escape(render.ACTIVATOR_CONFIG)})$")
 
     @classmethod
     def here(cls) -> bool:
@@ -47,14 +47,21 @@ class SupervisordBackend(Backend):
         return self.state_dir(manifest, host, options)
 
     def apply(self, manifest: Manifest, host: str, profile: str, options: Options, progress: Progress) -> Outcome:
+        unsupported = [flag for flag, given in (("--root", os.path.realpath(options.root) != "/"),
+                                                ("--force", options.force), ("--restart", options.restart_all))
+                       if given]
+        if unsupported:
+            raise AgentkitError(f"{', '.join(unsupported)}: not for the {self.name} backend (its files live in "
+                                "the state directory, which is agentkit's alone)")
         directory = self.state_dir(manifest, host, options)
+        changes = self.pending(manifest, host, self.plan(manifest, host, profile, options), options)
         result = run.up(manifest, host, profile, bin_dir=options.bin_dir, state_dir=directory,
-                        timeout=options.timeout, progress=progress)
+                        timeout=options.timeout, templates=options.templates, progress=progress)
         running = len(result.essential) - len([n for n in result.failed if n in result.essential])
         progress(f"{host}: {running}/{len(result.essential)} essential agents running, {len(result.optional)} "
                  f"optional agents dormant (the activator holds their ports); state, logs and control socket "
                  f"in {directory}")
-        return Outcome(Changes(changed=result.changed),
+        return Outcome(changes,
                        failed={name: [f"{why} (log: {directory}/logs/)"] for name, why in result.failed.items()})
 
     def stop(self, manifest: Manifest, host: str, options: Options, progress: Progress) -> bool:

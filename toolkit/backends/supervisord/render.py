@@ -171,6 +171,11 @@ def supervised_environment(manifest: Manifest, agent: Agent, private: int | None
     return contract.for_agent(manifest, agent, activation="proxy", private_port=private)
 
 
+def _identifier(manifest: Manifest, host: str) -> str:
+    """supervisord's identifier= of a host's supervisord."""
+    return f"{units.PREFIX}{manifest.name}-{host}"
+
+
 def private_ports(manifest: Manifest, agents: list[Agent]) -> dict[str, int]:
     """The private port of every optional agent of `agents` (check() vouches for them)."""
     return {a.name: private_port(a, manifest.private_port_offset) for a in agents if a.optional}
@@ -180,7 +185,7 @@ def check(manifest: Manifest) -> Iterator[Issue]:
     """What plan_supervisord() or supervisord itself would refuse in a manifest."""
     offset = manifest.private_port_offset
     owners = port_owners(manifest)
-    identifier_problem = _ini_problem(f"agentkit-{manifest.name}-host")
+    identifier_problem = next(filter(None, (_ini_problem(_identifier(manifest, h)) for h in manifest.hosts)), None)
     if identifier_problem is not None or "%" in manifest.name:
         yield Issue(None, ("name",), f"{manifest.name!r} cannot name a supervisord: "
                     f"{identifier_problem or 'its state directory may not hold %'}")
@@ -309,7 +314,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
         "logfile": path(logs, "supervisord.log", what="state_dir"),
         "pidfile": path(state_dir, "supervisord.pid", what="state_dir"),
         "childlogdir": path(logs, what="state_dir"),
-        "identifier": ini_value(f"agentkit-{manifest.name}-{host}", "identifier (fleet name and host)"),
+        "identifier": ini_value(_identifier(manifest, host), "identifier (fleet name and host)"),
         "activator": {
             "name": ACTIVATOR,
             "command": command_value((posixpath.join(bin_dir, ACTIVATOR), "--config",

@@ -58,12 +58,11 @@ class UpResult:
     essential: list[str]
     optional: list[str]
     failed: dict[str, str]
-    changed: list[str]  # the files whose text changed
 
 
 def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, state_dir: str,
-       timeout: float = 120.0, progress: Callable[[str], None] = print) -> UpResult:
-    planned = plan_supervisord(manifest, host, profile, bin_dir=bin_dir, state_dir=state_dir)
+       timeout: float = 120.0, templates: str | None = None, progress: Callable[[str], None] = print) -> UpResult:
+    planned = plan_supervisord(manifest, host, profile, bin_dir=bin_dir, state_dir=state_dir, templates=templates)
     os.makedirs(os.path.join(state_dir, "logs"), mode=0o700, exist_ok=True)
     os.chmod(state_dir, 0o700)
     conf = os.path.join(state_dir, CONF)
@@ -116,7 +115,7 @@ def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, stat
                 failed[name] = "did not reach RUNNING in time"
             break
         time.sleep(0.1)
-    return UpResult(host, state_dir, started, essential, optional, failed, changed)
+    return UpResult(host, state_dir, started, essential, optional, failed)
 
 
 def down(state_dir: str, timeout: float = 120.0) -> bool:

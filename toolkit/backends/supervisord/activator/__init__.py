@@ -34,4 +34,6 @@ byte-forwarding protocols), rpc (supervisord's XML-RPC client). Its configuratio
 schema the supervisord renderer writes it with.
 """
 
-PROG = "agentkit-activator"  # its logger's name: every line reads `agentkit-activator: ...`
+from .... import units
+
+PROG = units.ACTIVATOR_PROGRAM  # its logger's name: every line reads `agentkit-activator: ...`
