@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from . import values
+
 if TYPE_CHECKING:  # the reference agent imports this module: keep its start cheap
     from .model import Agent, Manifest
 
@@ -42,7 +44,7 @@ def for_agent(manifest: "Manifest", agent: "Agent", *, activation: str | None = 
     if activation == "proxy":
         env.append((BIND, loopback(private_port)))
     if activation == "native":
-        env.append((IDLE_STOP, f"{agent.idle_stop / 1_000_000:g}"))
+        env.append((IDLE_STOP, f"{values.seconds(agent.idle_stop):g}"))
     if agent.depends_on:
         addresses = []
         for dep_name in agent.depends_on:

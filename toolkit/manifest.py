@@ -189,14 +189,8 @@ def _load(root: str) -> Manifest:
 
     fleet = check.mapping(fleet_doc, (), fleet_doc.data, "the fleet settings")
     check.known_keys(fleet_doc, (), fleet, FLEET_SETTINGS)
-    name = fleet.get("name", "agentkit")
-    if check.parse(fleet_doc, ("name",), name, parsers.text) is INVALID:
-        name = "agentkit"
-    offset_setting = FLEET_SETTINGS["private_port_offset"]
-    offset = check.parse(fleet_doc, ("private_port_offset",),
-                         fleet.get("private_port_offset", offset_setting.default), offset_setting.parse)
-    if offset is INVALID:
-        offset = offset_setting.default
+    name = _fleet_setting(check, fleet_doc, fleet, "name")
+    offset = _fleet_setting(check, fleet_doc, fleet, "private_port_offset")
 
     hosts = _read_hosts(check, fleet_doc, fleet)
     slices = _read_slices(check, fleet_doc, fleet)
@@ -219,6 +213,13 @@ def _load(root: str) -> Manifest:
     if check.problems:
         raise ManifestError(check.problems)
     return manifest
+
+
+def _fleet_setting(check: _Checker, doc: Document, fleet: dict, key: str) -> Any:
+    """A plain setting of the fleet file; its default when absent, or when wrong (reported)."""
+    setting = FLEET_SETTINGS[key]
+    value = check.parse(doc, (key,), fleet.get(key, setting.default), setting.parse)
+    return setting.default if value is INVALID else value
 
 
 def _check(check: _Checker, manifest: Manifest, declared: dict[str, Location], fleet_doc: Document,

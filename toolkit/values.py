@@ -43,6 +43,11 @@ def parse_span(value: object) -> int:
     return total
 
 
+def seconds(usec: int) -> float:
+    """A span's microseconds as the seconds programs count in."""
+    return usec / 1_000_000
+
+
 def format_span(usec: int) -> str:
     """Microseconds as the shortest exact systemd span: 300000000 -> '5min'."""
     for unit, size in (("h", 3_600_000_000), ("min", 60_000_000), ("s", 1_000_000), ("ms", 1_000)):

@@ -161,19 +161,22 @@ class Backend(ABC):
         return None
 
 
-def get(name: str) -> Backend:
+def _backend_class(name: str) -> type[Backend]:
     try:
         module, _, cls = BACKENDS[name].partition(":")
     except KeyError:
         raise AgentkitError(f"unknown backend {name!r} (backends: {', '.join(BACKENDS)})") from None
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)
+
+
+def get(name: str) -> Backend:
+    return _backend_class(name)()
 
 
 def detect() -> str:
     """The first backend of the table whose manager runs here."""
-    for name, where in BACKENDS.items():
-        module, _, cls = where.partition(":")
-        if getattr(importlib.import_module(module), cls).here():
+    for name in BACKENDS:
+        if _backend_class(name).here():
             return name
     raise AgentkitError(f"no backend runs here (backends: {', '.join(BACKENDS)})")
 

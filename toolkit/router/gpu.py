@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import pynvml
 
-from .settings import default, seconds
+from ..values import seconds
+from .settings import default
 
 __all__ = ["GpuSampler", "GpuSnapshot"]
 

@@ -18,7 +18,8 @@ from ..sdnotify import Notifier
 from .gpu import GpuSampler
 from .policy import LocalModel, PolicyConfig
 from .server import Router, Settings, make_app, read_key
-from .settings import REQUIRED, ROUTER_OPTIONS, RouterSetting, router_flag_value, seconds
+from ..values import seconds
+from .settings import REQUIRED, ROUTER_OPTIONS, RouterSetting, router_flag_value
 
 _METAVARS = {parsers.size: "SIZE", parsers.span: "SPAN", parsers.fraction: "NUMBER", parsers.url: "URL",
              parsers.model_name: "MODEL"}

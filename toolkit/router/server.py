@@ -35,7 +35,8 @@ from .breaker import Breaker
 from .gpu import GpuSampler
 from .metrics import CONTENT_TYPE, Metrics
 from .policy import CLOUD, LOCAL, Decision, PolicyConfig, Task, View
-from .settings import default, seconds
+from ..values import seconds
+from .settings import default
 
 log = logging.getLogger(units.ROUTER_PROGRAM)
 

@@ -55,11 +55,6 @@ def default(key: str) -> Any:
     return ROUTER_SETTINGS[key].default
 
 
-def seconds(usec: int) -> float:
-    """A span setting's microseconds as the seconds the router's code counts in."""
-    return usec / 1_000_000
-
-
 def router_flag_value(key: str, value: Any) -> str:
     """A router setting as its agentkit-router option's text."""
     parse = ROUTER_SETTINGS[key].parse

@@ -54,9 +54,10 @@ class SupervisordBackend(Backend):
             raise AgentkitError(f"{', '.join(unsupported)}: not for the {self.name} backend (its files live in "
                                 "the state directory, which is agentkit's alone)")
         directory = self.state_dir(manifest, host, options)
-        changes = self.pending(manifest, host, self.plan(manifest, host, profile, options), options)
-        result = run.up(manifest, host, profile, bin_dir=options.bin_dir, state_dir=directory,
-                        timeout=options.timeout, templates=options.templates, progress=progress)
+        planned = self.plan(manifest, host, profile, options)
+        changes = self.pending(manifest, host, planned, options)
+        result = run.up(manifest, host, profile, planned, changes, state_dir=directory, timeout=options.timeout,
+                        progress=progress)
         running = len(result.essential) - len([n for n in result.failed if n in result.essential])
         progress(f"{host}: {running}/{len(result.essential)} essential agents running, {len(result.optional)} "
                  f"optional agents dormant (the activator holds their ports); state, logs and control socket "

@@ -60,7 +60,7 @@ from typing import Iterator
 
 import jinja2
 
-from ... import env as contract, graph, templating, units
+from ... import env as contract, graph, templating, units, values
 from ...checks import Issue, port_owners
 from ...errors import AgentkitError
 from ...files import RenderedFile
@@ -253,10 +253,6 @@ def _optional_dependencies(manifest: Manifest, agent: Agent, on_host: dict[str, 
     return sorted(seen, key=order.__getitem__)
 
 
-def _seconds(usec: int) -> float:
-    return usec / 1_000_000
-
-
 # --- the plan -------------------------------------------------------------------
 
 def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, *, bin_dir: str,
@@ -299,7 +295,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
             "autorestart": autorestart,
             "exitcodes": exitcodes,
             "startretries": agent.restart.burst,
-            "stopwaitsecs": max(1, math.ceil(agent.start_timeout / 1_000_000)),
+            "stopwaitsecs": max(1, math.ceil(values.seconds(agent.start_timeout))),
             "logfile": path(logs, f"{agent.name}.log", what=f"{where}: log file"),
             "directory": (ini_value(agent.working_directory, f"{where}: working_directory")
                           if agent.working_directory else None),
@@ -332,7 +328,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
         AgentSpec(name=agent.name, program=agent.name, listen=("0.0.0.0", agent.port),
                   target=("127.0.0.1", privates[agent.name]),
                   depends_on=tuple(_optional_dependencies(manifest, agent, on_host, order)),
-                  idle_stop=_seconds(agent.idle_stop), start_timeout=_seconds(agent.start_timeout))
+                  idle_stop=values.seconds(agent.idle_stop), start_timeout=values.seconds(agent.start_timeout))
         for agent in sorted((a for a in agents if a.optional), key=lambda a: a.name))
     activator = ActivatorConfig(fleet=manifest.name, host=host, supervisor=f"unix://{socket}", agents=entries)
     return sorted([

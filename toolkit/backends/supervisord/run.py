@@ -19,8 +19,9 @@ from typing import Callable
 from ... import files, graph, proc
 from ...errors import AgentkitError
 from ...model import Manifest
-from .. import AgentStatus, rss
-from .render import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET, plan_supervisord
+from ...files import RenderedFile
+from .. import AgentStatus, Changes, rss
+from .render import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET
 
 
 def default_state_dir(manifest: Manifest, host: str) -> str:
@@ -60,23 +61,17 @@ class UpResult:
     failed: dict[str, str]
 
 
-def up(manifest: Manifest, host: str, profile: str | None, *, bin_dir: str, state_dir: str,
-       timeout: float = 120.0, templates: str | None = None, progress: Callable[[str], None] = print) -> UpResult:
-    planned = plan_supervisord(manifest, host, profile, bin_dir=bin_dir, state_dir=state_dir, templates=templates)
+def up(manifest: Manifest, host: str, profile: str | None, planned: list[RenderedFile], changes: Changes, *,
+       state_dir: str, timeout: float = 120.0, progress: Callable[[str], None] = print) -> UpResult:
+    """Write the files of `planned` that `changes` names (plan_supervisord() for state_dir, and
+    what differs from the files there), then start supervisord or have it take them up."""
     os.makedirs(os.path.join(state_dir, "logs"), mode=0o700, exist_ok=True)
     os.chmod(state_dir, 0o700)
     conf = os.path.join(state_dir, CONF)
-    changed: list[str] = []  # the files whose text differs from what is there
-    for item in planned:
-        path = os.path.join(state_dir, item.path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                same = handle.read() == item.text
-        except FileNotFoundError:
-            same = False
-        if not same:
-            changed.append(item.path)
-            files.atomic_write(path, item.text, 0o600)
+    changed = sorted(changes.added + changes.changed)
+    wanted = {item.path: item for item in planned}
+    for name in changed:
+        files.atomic_write(os.path.join(state_dir, name), wanted[name].text, 0o600)
     agents = graph.on_host(manifest, host, profile)
     essential = [a.name for a in agents if a.essential]
     optional = [a.name for a in agents if a.optional]
