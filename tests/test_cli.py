@@ -119,9 +119,15 @@ def test_show_json_is_the_resolved_model():
 
 
 def test_show_table_lists_each_agent_of_the_host():
-    lines = run("show", "--host", "pc2").stdout.splitlines()
-    assert lines[0].split() == ["AGENT", "HOST", "CLASS", "PORT", "HEALTH", "ACTIVATION", "DEPENDS", "ON"]
+    lines = run("show", "--host", "pc2", "--backend", "systemd").stdout.splitlines()
+    assert lines[0].split() == ["AGENT", "HOST", "CLASS", "PORT", "HEALTH", "ACTIVATION", "READY", "DEPENDS", "ON"]
     assert len(lines) == 1 + 22
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["UnifiedWebAgent"][5:7] == ["native", "notify"]
+    # Under supervisord the activator holds every optional agent's port and forwards to it.
+    rows = {line.split()[0]: line.split() for line in run("show", "--host", "pc2", "--backend", "supervisord")
+            .stdout.splitlines()[1:]}
+    assert rows["UnifiedWebAgent"][5] == "activator" and rows["MemoryOrchestratorService"][5] == "none"
 
 
 def test_graph_formats():

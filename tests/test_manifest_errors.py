@@ -31,7 +31,7 @@ def fleet(extra: str) -> str:
     """FLEET (3 lines) followed by `extra` (dedented): extra's first line is line 4."""
     return FLEET + textwrap.dedent(extra)
 
-SUMMARY_ONE = "agentkit: 1 problem in the manifest; nothing was written"
+SUMMARY_ONE = "agentkit: 1 problem in the manifest"  # validate writes nothing: it does not say so
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_unknown_keys_in_an_agent(problems):
         """)}) == [
         "agents/g.yaml:7: agents.A.prot: unknown key (did you mean 'port'?)",
         "agents/g.yaml:8: agents.A.colour: unknown key (known: host, essential, group, description, command, "
-        "port, health_port, depends_on, activation, private_port, idle_stop, service_type, start_timeout, "
+        "port, health_port, depends_on, activation, private_port, idle_stop, service_type, ready, start_timeout, "
         "watchdog, restart, memory_max, cpu_weight, gpu_memory, slice, environment, user, working_directory, "
         "writable_paths, sandbox)",
     ]
@@ -394,8 +394,8 @@ def test_command_not_a_list_relative_path_empty_prefix_and_bad_words(problems):
           command: [run, "a\nb"]
         """.lstrip("\n"))}) == [
         "agents/g.yaml:7: agents.A.command: expected the command as a list of words (argv), got 'run --fast'",
-        "agents/g.yaml:10: agents.B.command: the program must be an absolute path or a bare name found "
-        "in --bin-dir, got 'bin/run'",
+        "agents/g.yaml:10: agents.B.command: the program must be an absolute path, a path relative to the "
+        "manifest directory (./prog), or a bare name found in --bin-dir or on PATH, got 'bin/run'",
         "agents/g.yaml:13: agents.C.command: the command is empty: give at least the program",
         "agents/g.yaml:16: agents.D.command: the program '-run' starts with a character systemd reads as a prefix",
         "agents/g.yaml:19: agents.E.command[1]: every word of a command must be text, got a list",
@@ -533,10 +533,10 @@ def test_missing_host_command_and_port(problems):
           A: {}
           B:
         """}) == [
-        "agents/g.yaml:2: agents.A: missing command: argv; a bare program name is looked up in --bin-dir",
+        "agents/g.yaml:2: agents.A: missing command: argv; a bare program name is looked up in --bin-dir, then PATH",
         "agents/g.yaml:2: agents.A: missing host: the host the agent runs on (a key of hosts:)",
         "agents/g.yaml:2: agents.A: missing port: the agent port (ZeroMQ/TCP); optional agents' socket listens here",
-        "agents/g.yaml:3: agents.B: missing command: argv; a bare program name is looked up in --bin-dir",
+        "agents/g.yaml:3: agents.B: missing command: argv; a bare program name is looked up in --bin-dir, then PATH",
         "agents/g.yaml:3: agents.B: missing host: the host the agent runs on (a key of hosts:)",
         "agents/g.yaml:3: agents.B: missing port: the agent port (ZeroMQ/TCP); optional agents' socket listens here",
     ]
@@ -828,13 +828,62 @@ def test_optional_only_settings_on_an_essential_agent(problems):
     ]
 
 
-def test_proxy_activation_needs_service_type_notify(problems):
+def test_readiness_problems_name_the_setting_and_the_fix(problems):
     assert problems({"g.yaml": group("""\
         P:
           port: 2
           activation: proxy
-        """)}) == ["agents/g.yaml:7: agents.P.activation: proxy activation needs service_type: notify (the proxy "
-                   "would connect before the agent listens and clients would get an empty reply)"]
+        N:
+          port: 3
+          ready: port
+        S:
+          port: 4
+          essential: true
+          service_type: notify
+          ready: {http: /health}
+        H:
+          port: 5
+          ready: {http: health}
+        C:
+          port: 6
+          ready: {command: "test -e /x"}
+        W:
+          port: 7
+          ready: soon
+        T:
+          port: 8
+          command: [python3, -m, http.server, "{port}"]
+        """)}) == [
+        "agents/g.yaml:10: agents.N.ready: a native agent's port is its socket's, which accepts before the agent "
+        "runs: ready: port would say nothing (use notify, started, {http: /path} or {command: [argv]}, or "
+        "activation: proxy)",
+        "agents/g.yaml:14: agents.S.service_type: service_type: notify waits for READY=1, but ready is http: leave "
+        "service_type out (or say ready: notify)",
+        "agents/g.yaml:18: agents.H.ready: http: expected a path that starts with '/', without spaces, got 'health'",
+        "agents/g.yaml:21: agents.C.ready: expected the command as a list of words (argv), got 'test -e /x'",
+        "agents/g.yaml:24: agents.W.ready: expected notify, started, port, {http: /path} or {command: [argv]}, "
+        "got 'soon'",
+        "agents/g.yaml:27: agents.T.command: a native agent adopts the socket's fd and binds no port, so {port} in "
+        "its command would name the port the socket holds: use activation: proxy for a program that listens on a "
+        "port of its own",
+    ]
+
+
+def test_readiness_defaults_follow_the_service_type_and_the_activation(workdir):
+    """A proxy agent no longer needs service_type: notify; each default is said once."""
+    root = write_manifest(workdir, {"g.yaml": group("""\
+        P: {port: 2, activation: proxy}
+        N: {port: 3}
+        E: {port: 4, essential: true}
+        Y: {port: 5, service_type: notify}
+        R: {port: 6, ready: notify}
+        H: {port: 7, activation: proxy, ready: {http: /healthz}}
+        """)})
+    m = manifest.load(root)
+    seen = {n: (a.service_type, a.ready.kind, a.ready.path) for n, a in m.agents.items()}
+    assert seen == {"P": ("exec", "port", None), "N": ("exec", "started", None), "E": ("exec", "port", None),
+                    "Y": ("notify", "notify", None), "R": ("notify", "notify", None),
+                    "H": ("exec", "http", "/healthz")}
 
 
 def test_crash_loop_that_never_reaches_burst(problems):
@@ -932,7 +981,7 @@ def test_cli_validate_broken_manifest_prints_each_problem_and_a_summary_and_exit
     assert main(["-m", root, "validate"]) == 1
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.splitlines() == BROKEN_LINES + ["agentkit: 2 problems in the manifest; nothing was written"]
+    assert err.splitlines() == BROKEN_LINES + ["agentkit: 2 problems in the manifest"]
     assert "Traceback" not in err
 
 

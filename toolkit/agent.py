@@ -283,7 +283,7 @@ class Agent:
 
     def serve(self):
         """Answer requests until SIGTERM or, in native mode, until idle for AGENTKIT_IDLE_STOP."""
-        zmq, rep, idle = self.zmq, self.rep, self.config.idle_stop
+        rep, idle = self.rep, self.config.idle_stop
         poller = self.poller(rep)
         last = time.monotonic()
         while True:

@@ -7,9 +7,11 @@ Exit codes: 0 ok, 1 failure (or, for diff and install --dry-run, changes pending
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import logging
 import os
+import shlex
 import socket
 import sys
 import sysconfig
@@ -17,7 +19,7 @@ import traceback
 
 import click
 
-from . import __version__, backends, client, diffs, files, graph, logs, manifest as manifest_mod, output
+from . import __version__, backends, client, diffs, files, graph, logs, manifest as manifest_mod, output, units
 from .backends import BACKENDS, Backend, Options
 from .errors import AgentkitError, ManifestError, did_you_mean
 from .model import Manifest
@@ -30,6 +32,7 @@ class Context:
 
     def __init__(self) -> None:
         self.manifest_dir = "agents"
+        self.manifest_given = False  # -m said where
         self.debug = False
         self.addresses: dict[str, str] = {}
         self._manifest: Manifest | None = None
@@ -48,6 +51,8 @@ def _context(ctx: click.Context) -> Context:
 def _set_manifest(ctx, param, value):
     if value is not None:
         _context(ctx).manifest_dir = value
+        # Only what the command line said: the next command gets the same environment.
+        _context(ctx).manifest_given = ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
 
 
 def _set_addresses(ctx, param, items: tuple[str, ...]):
@@ -152,7 +157,8 @@ def _selected(m: Manifest, hosts: tuple[str, ...], profile: str | None):
 def _this_host(m: Manifest) -> str:
     name = socket.gethostname().split(".")[0]
     if name not in m.hosts:
-        raise AgentkitError(f"this machine ({name}) is not a host of {m.root}; say which with --host")
+        raise AgentkitError(f"this machine ({name}) is not a host of the fleet {m.name} ({m.root}); say which "
+                            f"with --host ({', '.join(m.hosts)})")
     return name
 
 
@@ -172,19 +178,39 @@ def _hosts_here(m: Manifest, hosts: tuple[str, ...], backend: Backend) -> tuple[
     if name in m.hosts:
         return [name], None
     if not backend.several_hosts and len(m.hosts) > 1:
-        raise AgentkitError(f"this machine ({name}) is not a host of {m.root}; say which with --host")
-    return list(m.hosts), f"this machine ({name}) is not a host of {m.root}: running every host's agents here"
+        raise AgentkitError(f"this machine ({name}) is not a host of the fleet {m.name} ({m.root}); say which "
+                            f"with --host ({', '.join(m.hosts)})")
+    return list(m.hosts), (f"this machine ({name}) is not a host of the fleet {m.name} ({m.root}): running every "
+                           "host's agents here")
 
 
-def _options(hosts: list[str], bin_dir: str | None = None, **kwargs) -> Options:
-    return Options(bin_dir=bin_dir or default_bin_dir(), several=len(hosts) > 1, **kwargs)
+def _options(m: Manifest | None, bin_dir: str | None = None, **kwargs) -> Options:
+    """How to run the backend here. A manifest of several hosts gives each its own directory under
+    --state-dir, whichever of them a command names, so down and status find what up started."""
+    return Options(bin_dir=bin_dir or default_bin_dir(), several=m is not None and len(m.hosts) > 1, **kwargs)
+
+
+def _check_programs(m: Manifest, backend: Backend, hosts: list[str], profile: str | None, options: Options,
+                    every: bool = False) -> None:
+    """The programs of the hosts' agents (every agent's, or the profile's) run here as `backend`
+    runs them, or a located error."""
+    agents = ([a for a in m.agents.values() if a.host in hosts] if every
+              else [a for host in hosts for a in graph.on_host(m, host, profile)])
+    backend.check_programs(m, agents, options)
 
 
 @cli.command()
+@host_option
+@auto_backend_option
+@bin_dir_option
 @click.pass_obj
-def validate(obj: Context) -> None:
-    """Check the manifest for every backend; print every problem as FILE:LINE: key: message."""
+def validate(obj: Context, hosts, backend, bin_dir) -> None:
+    """Check the manifest for every backend, and the programs of this machine's hosts; print every
+    problem as FILE:LINE: key: message."""
     m = obj.manifest
+    backend = backends.choose(backend)
+    chosen = _hosts(m, hosts) if hosts else _hosts_here(m, (), backends.get("supervisord"))[0]
+    _check_programs(m, backend, chosen, None, _options(m, bin_dir), every=True)
     essential = sum(a.essential for a in m.agents.values())
     click.echo(f"{m.root}: {len(m.agents)} agent{'s' if len(m.agents) != 1 else ''} on {len(m.hosts)} "
                f"host{'s' if len(m.hosts) != 1 else ''} "
@@ -211,7 +237,10 @@ def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, t
     m = obj.manifest
     chosen = _hosts(m, hosts)
     backend = backends.get(backend)
-    options = _options(chosen, bin_dir, templates=templates, state_dir=state_dir)
+    options = _options(m, bin_dir, templates=templates, state_dir=state_dir)
+    here = os.path.isdir(options.bin_dir)  # else a render for another machine, where agentkit lives in --bin-dir
+    if here:
+        _check_programs(m, backend, chosen, profile, options)
     plans = {host: backend.plan(m, host, profile, options) for host in chosen}
     ours = backends.any_ours()  # another backend's render of the same host is agentkit's too
     for host in plans:  # refuse before writing anything
@@ -220,6 +249,8 @@ def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, t
         target = os.path.join(out, host)
         files.replace_tree(target, planned, ours)
         click.echo(f"{target}/: {output.file_counts(planned)}")
+    if not here:
+        click.echo(f"programs not checked: the bin directory {options.bin_dir} is not on this machine", err=True)
 
 
 @cli.command()
@@ -245,7 +276,7 @@ def diff(obj: Context, directory, root, hosts, profile, backend, state_dir, bin_
         chosen = [hosts[0] if hosts else _this_host(m)]
     else:
         chosen = _hosts(m, hosts)
-    options = _options(chosen, bin_dir, templates=templates, root=root or "/", state_dir=state_dir)
+    options = _options(m, bin_dir, templates=templates, root=root or "/", state_dir=state_dir)
     changed = 0
     for host in chosen:
         planned = backend.plan(m, host, profile, options)
@@ -263,15 +294,17 @@ def diff(obj: Context, directory, root, hosts, profile, backend, state_dir, bin_
 @click.option("--json", "as_json", is_flag=True, help="The resolved model as JSON.")
 @host_option
 @profile_option
+@auto_backend_option
 @click.pass_obj
-def show(obj: Context, as_json: bool, hosts, profile) -> None:
-    """The resolved manifest: every setting of every agent, defaults applied."""
+def show(obj: Context, as_json: bool, hosts, profile, backend) -> None:
+    """The resolved manifest: every setting of every agent, defaults applied; ACTIVATION as the
+    backend runs it (supervisord: the activator forwards to every optional agent)."""
     m = obj.manifest
     agents = _selected(m, hosts, profile)
     if as_json:
         click.echo(json.dumps(output.model_json(m, agents, profile), indent=2))
     else:
-        click.echo(output.agents_table(agents))
+        click.echo(output.agents_table(agents, backends.choose(backend).activation))
 
 
 @cli.command("graph")
@@ -312,8 +345,10 @@ def install(obj: Context, hosts, profile, backend, root, state_dir, dry_run, for
     if dry_run and as_json:
         raise click.UsageError("--json reports what install did; --dry-run shows a diff instead")
     backend = backends.get(backend)
-    options = _options([host], bin_dir, templates=templates, root=root, state_dir=state_dir, timeout=timeout,
+    options = _options(m, bin_dir, templates=templates, root=root, state_dir=state_dir, timeout=timeout,
                        force=force, restart_all=restart_all)
+    if os.path.realpath(root) == "/":  # under another root (an image being built) they are not ours to find
+        _check_programs(m, backend, [host], profile, options)
     if dry_run:
         sys.exit(_dry_run(backend, m, host, profile, options))
     say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
@@ -358,7 +393,7 @@ def _report_failures(failed: dict[str, list[str]]) -> bool:
 @click.pass_obj
 def uninstall(obj: Context, backend, root, timeout) -> None:
     """Stop and remove everything agentkit installed (and nothing else)."""
-    removed = backends.get(backend).remove(_options([], root=root, timeout=timeout), click.echo)
+    removed = backends.get(backend).remove(_options(None, root=root, timeout=timeout), click.echo)
     if not removed:
         click.echo("nothing installed by agentkit here")
 
@@ -374,30 +409,46 @@ def uninstall(obj: Context, backend, root, timeout) -> None:
 def up(obj: Context, hosts, profile, backend, state_dir, timeout, bin_dir) -> None:
     """Run the fleet on this machine: essential agents up, optional ones dormant until used."""
     m = obj.manifest
+    chosen_backend = backend
     backend = backends.choose(backend)
     chosen, note = _hosts_here(m, hosts, backend)
     profile = profile or m.default_profile
     if note:
         click.echo(note)
-    options = _options(chosen, bin_dir, state_dir=state_dir, timeout=timeout)
+    options = _options(m, bin_dir, state_dir=state_dir, timeout=timeout)
+    _check_programs(m, backend, chosen, profile, options)
     failed = False
     for host in chosen:
         failed |= _report_failures(backend.apply(m, host, profile, options, click.echo).failed)
     if failed:
         sys.exit(1)
-    _next_steps(m, chosen, backend)
+    _next_steps(obj, chosen, backend, chosen_backend, state_dir)
 
 
-def _next_steps(m: Manifest, hosts: list[str], backend: Backend) -> None:
+def _next_steps(obj: Context, hosts: list[str], backend: Backend, chosen_backend: str, state_dir: str | None) -> None:
+    """What to try after `up`, as commands that work pasted: the program as it was run (./dev or
+    agentkit) and the options up was given that the others need to find the fleet again."""
+    m = obj.manifest
+    prog = os.environ.get("AGENTKIT_COMMAND") or "agentkit"
+    given = [prog] + (["-m", obj.manifest_dir] if obj.manifest_given else [])
+    found = (["--backend", chosen_backend] if chosen_backend != "auto" else []) + \
+        (["--state-dir", state_dir] if state_dir else [])
+    lines = [(given + ["status"] + found, "every agent: dormant, active, failed, ...")]
     optional = [a for a in m.agents.values() if a.host in hosts and a.optional]
     deepest = max(optional, key=lambda a: len(graph.closure(m, [a.name])), default=None)
-    click.echo("try next:")
-    click.echo("  agentkit status                      every agent: dormant, active, failed, ...")
     if deepest is not None:
-        click.echo(f"  agentkit call {deepest.name} --action chain"
-                   f"    wake {deepest.name} and its dependencies, and see who answered")
-    click.echo("  agentkit down                        stop the fleet" +
-               (" (agentkit uninstall removes it)" if backend.keeps_files else ""))
+        if os.path.basename(deepest.command[0]) == units.AGENT_PROGRAM:
+            lines.append((given + ["call", deepest.name, "--action", "chain"],
+                          f"wake {deepest.name} and its dependencies, and see who answered"))
+        else:
+            lines.append((given + ["call", deepest.name], f"wake {deepest.name} (and its dependencies) with a request"))
+    lines.append((given + ["down"] + found, "stop the fleet" +
+                  (f" ({prog} uninstall removes it)" if backend.keeps_files else "")))
+    commands = [" ".join(shlex.quote(word) for word in words) for words, _ in lines]
+    width = max(len(c) for c in commands) + 2
+    click.echo("try next:")
+    for command, (_, what) in zip(commands, lines):
+        click.echo(f"  {command.ljust(width)}{what}")
 
 
 @cli.command()
@@ -414,9 +465,217 @@ def down(obj: Context, hosts, backend, state_dir, timeout) -> None:
         chosen = _hosts_here(m, hosts, backend)[0]
     else:  # one manager here runs whichever host's agents it was given: stop them all
         chosen = [_hosts(m, hosts[:1])[0] if hosts else None]
-    options = _options([h for h in chosen if h], state_dir=state_dir, timeout=timeout)
+    options = _options(m, state_dir=state_dir, timeout=timeout)
+    # Hosts side by side on this machine stop together: each waits on its own manager.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
+        stopped = list(pool.map(lambda host: backend.stop(m, host, options, click.echo), chosen))
+    if not any(stopped):
+        raise AgentkitError("nothing was running: no agentkit fleet found to stop" +
+                            ("" if state_dir else " (if up ran with --state-dir, give it here too)"))
+
+
+@cli.command()
+@click.argument("agent")
+@click.option("--protocol", type=click.Choice(["auto", *client.PROTOCOLS]), default="auto", show_default=True,
+              help="auto: zmq for the reference agent (agentkit-agent), else http.")
+@click.option("--action", default="ping", show_default=True, type=click.Choice(["ping", "chain"]),
+              help="zmq: chain has the agent call each of its dependencies in turn.")
+@click.option("--method", default="GET", show_default=True, help="http: the request method.")
+@click.option("--path", default="/", show_default=True, help="http: the request path.")
+@click.option("--data", help="http: the request body; tcp: the bytes to send.")
+@click.option("--timeout", default=30.0, show_default=True, metavar="SECONDS")
+@click.pass_obj
+def call(obj: Context, agent, protocol, action, method, path, data, timeout) -> None:
+    """Send one request to AGENT's port, as its clients do (ZeroMQ, HTTP or TCP); print the answer."""
+    m = obj.manifest
+    if agent not in m.agents:
+        raise AgentkitError(f"unknown agent {agent!r}{did_you_mean(agent, m.agents)}")
+    spec = m.agents[agent]
+    if protocol == "auto":
+        protocol = "zmq" if os.path.basename(spec.command[0]) == units.AGENT_PROGRAM else "http"
+    try:
+        if protocol == "zmq":
+            reply, seconds = client.zmq_request(agent, spec.port, action, timeout)
+            click.echo(json.dumps(reply, indent=2))
+        elif protocol == "http":
+            code, _, body, seconds = client.http_request(agent, spec.port, method.upper(), path,
+                                                         None if data is None else data.encode(), timeout)
+            click.echo(body.decode("utf-8", "replace"), nl=not body.endswith(b"\n"))
+            click.echo(f"{agent} answered HTTP {code}", err=True)
+        else:
+            body, seconds = client.tcp_request(agent, spec.port, (data or "").encode(), timeout)
+            click.echo(body.decode("utf-8", "replace"), nl=not body.endswith(b"\n"))
+    except client.CallFailed as exc:
+        raise AgentkitError(f"{exc}{_why_not(m, spec)}") from None
+    click.echo(f"{agent} answered in {seconds * 1000:.0f} ms", err=True)
+
+
+def _why_not(m: Manifest, agent) -> str:
+    """What this machine's backend says of an agent that did not answer, if it says anything."""
+    try:
+        backend = backends.choose("auto")
+        rows = backend.status(m, agent.host, None, _options(m))
+    except Exception:  # noqa: BLE001 - the call's own error is what counts; this only adds to it
+        return ""
+    row = next((r for r in rows if r.name == agent.name), None)
+    if row is None or row.state in ("active", "dormant"):
+        return ""
+    return f"\n{agent.name} is {row.state}: {row.detail}"
+
+
+@cli.command()
+@this_host_option
+@profile_option
+@backend_option("Where to install: systemd units, or a supervisord.")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False),
+              help="systemd: install under ROOT; anything but / only writes files (an image being built).")
+@state_dir_option
+@click.option("--dry-run", is_flag=True, help="Show what would change; exit 1 if anything would.")
+@click.option("--force", is_flag=True, help="Overwrite agentkit's units even if edited by hand since.")
+@timeout_option(START_TIMEOUT)
+@click.option("--restart", "restart_all", is_flag=True,
+              help="Restart every running agent, changed or not (after an upgrade of agentkit itself).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Progress on stderr; on stdout one JSON object: what changed, what was (re)started, what failed.")
+@bin_dir_option
+@templates_option
+@click.pass_obj
+def install(obj: Context, hosts, profile, backend, root, state_dir, dry_run, force, timeout, restart_all, as_json,
+            bin_dir, templates) -> None:
+    """Install this host's units, reload systemd once, start the essential agents and wait for them."""
+    m = obj.manifest
+    host = _one_host(m, hosts)
+    profile = profile or m.default_profile
+    if dry_run and as_json:
+        raise click.UsageError("--json reports what install did; --dry-run shows a diff instead")
+    backend = backends.get(backend)
+    options = _options(m, bin_dir, templates=templates, root=root, state_dir=state_dir, timeout=timeout,
+                       force=force, restart_all=restart_all)
+    if os.path.realpath(root) == "/":  # under another root (an image being built) they are not ours to find
+        _check_programs(m, backend, [host], profile, options)
+    if dry_run:
+        sys.exit(_dry_run(backend, m, host, profile, options))
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    outcome = backend.apply(m, host, profile, options, say)
+    if as_json:
+        changes = outcome.changes
+        click.echo(json.dumps({
+            "host": host, "profile": profile, "changed": changes.any or bool(outcome.started or outcome.restarted),
+            "added": changes.added, "updated": changes.changed, "removed": changes.removed,
+            "restarted": outcome.restarted, "started": outcome.started,
+            "failed": {unit: why for unit, why in outcome.failed.items()},
+        }, indent=1))
+    if _report_failures(outcome.failed):
+        sys.exit(1)
+
+
+def _dry_run(backend: Backend, m: Manifest, host: str, profile: str, options: Options) -> int:
+    planned = backend.plan(m, host, profile, options)
+    changes = backend.pending(m, host, planned, options)
+    diffs.show(backend.place(m, host, options), planned, sys.stdout, ours=backend.ours,
+               owned=backend.installed(options))
+    if changes.any:
+        click.echo(f"would add {len(changes.added)}, change {len(changes.changed)}, remove "
+                   f"{len(changes.removed)} unit file(s)", err=True)
+        return 1
+    click.echo("nothing to change", err=True)
+    return 0
+
+
+def _report_failures(failed: dict[str, list[str]]) -> bool:
+    for unit, why in failed.items():
+        click.echo(f"agentkit: {unit} did not start: {why[0]}", err=True)
+        for line in why[1:]:
+            click.echo(f"    {line}", err=True)
+    return bool(failed)
+
+
+@cli.command()
+@backend_option("What to uninstall.")
+@click.option("--root", default="/", show_default=True, type=click.Path(file_okay=False))
+@timeout_option(STOP_TIMEOUT)
+@click.pass_obj
+def uninstall(obj: Context, backend, root, timeout) -> None:
+    """Stop and remove everything agentkit installed (and nothing else)."""
+    removed = backends.get(backend).remove(_options(None, root=root, timeout=timeout), click.echo)
+    if not removed:
+        click.echo("nothing installed by agentkit here")
+
+
+@cli.command()
+@host_option
+@profile_option
+@auto_backend_option
+@state_dir_option
+@timeout_option(START_TIMEOUT)
+@bin_dir_option
+@click.pass_obj
+def up(obj: Context, hosts, profile, backend, state_dir, timeout, bin_dir) -> None:
+    """Run the fleet on this machine: essential agents up, optional ones dormant until used."""
+    m = obj.manifest
+    chosen_backend = backend
+    backend = backends.choose(backend)
+    chosen, note = _hosts_here(m, hosts, backend)
+    profile = profile or m.default_profile
+    if note:
+        click.echo(note)
+    options = _options(m, bin_dir, state_dir=state_dir, timeout=timeout)
+    _check_programs(m, backend, chosen, profile, options)
+    failed = False
     for host in chosen:
-        backend.stop(m, host, options, click.echo)
+        failed |= _report_failures(backend.apply(m, host, profile, options, click.echo).failed)
+    if failed:
+        sys.exit(1)
+    _next_steps(obj, chosen, backend, chosen_backend, state_dir)
+
+
+def _next_steps(obj: Context, hosts: list[str], backend: Backend, chosen_backend: str, state_dir: str | None) -> None:
+    """What to try after `up`, as commands that work pasted: the program as it was run (./dev or
+    agentkit) and the options up was given that the others need to find the fleet again."""
+    m = obj.manifest
+    prog = os.environ.get("AGENTKIT_COMMAND") or "agentkit"
+    given = [prog] + (["-m", obj.manifest_dir] if obj.manifest_given else [])
+    found = (["--backend", chosen_backend] if chosen_backend != "auto" else []) + \
+        (["--state-dir", state_dir] if state_dir else [])
+    lines = [(given + ["status"] + found, "every agent: dormant, active, failed, ...")]
+    optional = [a for a in m.agents.values() if a.host in hosts and a.optional]
+    deepest = max(optional, key=lambda a: len(graph.closure(m, [a.name])), default=None)
+    if deepest is not None:
+        if os.path.basename(deepest.command[0]) == units.AGENT_PROGRAM:
+            lines.append((given + ["call", deepest.name, "--action", "chain"],
+                          f"wake {deepest.name} and its dependencies, and see who answered"))
+        else:
+            lines.append((given + ["call", deepest.name], f"wake {deepest.name} (and its dependencies) with a request"))
+    lines.append((given + ["down"] + found, "stop the fleet" +
+                  (f" ({prog} uninstall removes it)" if backend.keeps_files else "")))
+    commands = [" ".join(shlex.quote(word) for word in words) for words, _ in lines]
+    width = max(len(c) for c in commands) + 2
+    click.echo("try next:")
+    for command, (_, what) in zip(commands, lines):
+        click.echo(f"  {command.ljust(width)}{what}")
+
+
+@cli.command()
+@host_option
+@auto_backend_option
+@state_dir_option
+@timeout_option(STOP_TIMEOUT)
+@click.pass_obj
+def down(obj: Context, hosts, backend, state_dir, timeout) -> None:
+    """Stop the fleet on this machine (supervisord: and supervisord itself)."""
+    m = obj.manifest
+    backend = backends.choose(backend)
+    if backend.several_hosts:
+        chosen = _hosts_here(m, hosts, backend)[0]
+    else:  # one manager here runs whichever host's agents it was given: stop them all
+        chosen = [_hosts(m, hosts[:1])[0] if hosts else None]
+    options = _options(m, state_dir=state_dir, timeout=timeout)
+    # Hosts side by side on this machine stop together: each waits on its own manager.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(chosen))) as pool:
+        stopped = list(pool.map(lambda host: backend.stop(m, host, options, click.echo), chosen))
+    if not any(stopped):
+        raise AgentkitError("nothing was running: no agentkit fleet found to stop" +
+                            ("" if state_dir else " (if up ran with --state-dir, give it here too)"))
 
 
 @cli.command()
@@ -447,7 +706,7 @@ def status(obj: Context, hosts, profile, backend, state_dir, as_json) -> None:
     m = obj.manifest
     backend = backends.choose(backend)
     chosen = _hosts_here(m, hosts, backend)[0] if backend.several_hosts else [_one_host(m, hosts)]
-    options = _options(chosen, state_dir=state_dir)
+    options = _options(m, state_dir=state_dir)
     profile = profile or backend.recorded_profile(options) or m.default_profile
     rows = [r.as_json() for host in chosen for r in backend.status(m, host, profile, options)]
     if as_json:
@@ -457,6 +716,9 @@ def status(obj: Context, hosts, profile, backend, state_dir, as_json) -> None:
     click.echo(output.status_table(rows))
     if any(r["state"] == "failed" for r in rows):
         sys.exit(1)
+
+
+WRITERS = ("render", "install", "up")  # the commands whose refusal leaves the host as it was
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,8 +739,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         count = len(exc.problems)
-        click.echo(f"agentkit: {count} problem{'s' if count != 1 else ''} in the manifest; nothing was written",
-                   err=True)
+        words = [w for w in (argv if argv is not None else sys.argv[1:]) if w in cli.commands]
+        writes = bool(words) and words[0] in WRITERS
+        click.echo(f"agentkit: {count} problem{'s' if count != 1 else ''} in the manifest"
+                   f"{'; nothing was written' if writes else ''}", err=True)
         return exc.exit_code
     except AgentkitError as exc:
         if debug:

@@ -25,6 +25,22 @@ DEPENDS = "AGENTKIT_DEPENDS"  # Name=address:port,... of what it depends on
 GPU_MEMORY = "AGENTKIT_GPU_MEMORY"  # bytes of GPU memory the manifest says it needs
 
 
+# A command word's placeholder for the port the program itself listens on.
+PORT_WORD = "{port}"
+
+
+def listen_port(agent: "Agent", private_port: int | None = None) -> int:
+    """Where the program binds: its private port behind a proxy or an activator, else its port."""
+    if private_port is not None:
+        return private_port
+    return agent.private_port if agent.activation == "proxy" else agent.port
+
+
+def with_port(words: "tuple[str, ...]", port: int) -> tuple[str, ...]:
+    """`words` with each {port} replaced: `command: [python3, -m, http.server, "{port}"]`."""
+    return tuple(word.replace(PORT_WORD, str(port)) for word in words)
+
+
 def loopback(port: int) -> str:
     return f"127.0.0.1:{port}"
 

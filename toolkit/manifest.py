@@ -17,11 +17,13 @@ import difflib
 import gc
 import os
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from . import checks, parsers
 from .errors import AgentkitError, ManifestError, Problem, did_you_mean
-from .model import Agent, Host, HostAddress, Location, Manifest, Profile, Restart, RouterSpec, Slice
+from .env import PORT_WORD
+from .model import (Agent, Host, HostAddress, Location, Manifest, Profile, Readiness, Restart, RouterSpec,
+                    Slice)
 from .router.settings import MANIFEST_SETTINGS, REQUIRED
 from .settings import (AGENT_SETTINGS, BUILTIN_SLICES, FLEET_SETTINGS, GROUP_SETTINGS, HOST_SETTINGS,
                        OPTIONAL_ONLY, PROFILE_SETTINGS, RESTART_SETTINGS, SLICE_SETTINGS)
@@ -232,12 +234,34 @@ def _check(check: _Checker, manifest: Manifest, declared: dict[str, Location], f
         # The backends' checks read the agents as render does: only of a manifest
         # that is whole, or their problems would follow from those already found.
         issues = backends.check(manifest)
+    _locate(check, manifest, issues, fleet_doc, by_file)
+
+
+def _locate(check: _Checker, manifest: Manifest, issues: Iterable[checks.Issue], fleet_doc: Document,
+            by_file: dict[str, Document]) -> None:
     for issue in issues:
         if issue.agent is None:
             check.add(fleet_doc, issue.path, issue.message)
         else:
             agent = manifest.agents[issue.agent]
             check.add(by_file[agent.where.file], ("agents", agent.name) + issue.path, issue.message)
+
+
+def problems(manifest: Manifest, issues: Iterable[checks.Issue]) -> ManifestError | None:
+    """Issues found after loading (the programs, as this machine would run them), located in
+    the manifest's files as the loader's own are; None when there are none."""
+    issues = list(issues)
+    if not issues:
+        return None
+    check = _Checker()
+    docs = {}
+    for name in _manifest_files(manifest.root):
+        path = os.path.join(manifest.root, name)
+        with open(path, encoding="utf-8") as handle:
+            docs[name] = load_yaml(handle.read(), path)[0]
+    fleet_doc = next(docs[name] for name in FLEET_FILES if name in docs)
+    _locate(check, manifest, issues, fleet_doc, {doc.file: doc for doc in docs.values()})
+    return ManifestError(check.problems)
 
 
 def _read_router(check: _Checker, doc: Document, fleet: dict, hosts: dict[str, Host]) -> RouterSpec | None:
@@ -432,10 +456,16 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
             if private_port > 65535:
                 check.add(doc, path + ("port",), f"proxy mode needs a private port: {port} + private_port_offset "
                           f"{offset} is above 65535; set private_port")
-        if get("service_type") != "notify":
-            check.add(doc, path + ("activation",), "proxy activation needs service_type: notify (the proxy would "
-                      "connect before the agent listens and clients would get an empty reply)")
+    service_type, ready = _readiness(check, doc, path, merged, own, get, activation)
+    if activation == "native" and any(PORT_WORD in word for word in get("command")):
+        check.add(doc, path + ("command",), f"a native agent adopts the socket's fd and binds no port, so "
+                  f"{PORT_WORD} in its command would name the port the socket holds: use activation: proxy for a "
+                  "program that listens on a port of its own")
     restart = Restart(get("restart.policy"), get("restart.delay"), get("restart.burst"), get("restart.interval"))
+    here = os.path.dirname(os.path.abspath(doc.file))  # ./prog is the manifest directory's
+    command = _beside(get("command"), here)
+    if ready.kind == "command":
+        ready = replace(ready, command=_beside(ready.command, here))
     env = dict(hosts[host].environment)
     for layer in (base, own):
         if "environment" in layer:
@@ -444,14 +474,48 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     return Agent(
         name=name, host=host, group=get("group") or group, essential=essential,
         description=get("description") or f"agentkit agent {name}",
-        command=get("command"), port=port, health_port=get("health_port"),
+        command=command, port=port, health_port=get("health_port"),
         depends_on=get("depends_on"), activation=activation, private_port=private_port,
-        idle_stop=get("idle_stop"), service_type=get("service_type"), start_timeout=get("start_timeout"),
+        idle_stop=get("idle_stop"), service_type=service_type, ready=ready, start_timeout=get("start_timeout"),
         watchdog=get("watchdog"), restart=restart, memory_max=get("memory_max"), cpu_weight=get("cpu_weight"),
         gpu_memory=get("gpu_memory"), slice=slice_name, environment=tuple(env.items()), user=get("user"),
         working_directory=get("working_directory"), writable_paths=get("writable_paths"),
         sandbox=get("sandbox"), where=Location(doc.file, doc.line(path)),
     )
+
+
+def _beside(command: tuple[str, ...], base: str) -> tuple[str, ...]:
+    """A program written ./prog or ../prog, as an absolute path from the manifest directory."""
+    if command[0].startswith(("./", "../")):
+        return (os.path.normpath(os.path.join(base, command[0])),) + command[1:]
+    return command
+
+
+def _readiness(check: _Checker, doc: Document, path: tuple, merged: dict, own: dict, get: Callable[[str], Any],
+               activation: str) -> tuple[str, Readiness]:
+    """systemd's Type= and the agent's readiness, each said by one setting when the other is left out.
+
+    Without `ready`, service_type: notify means ready: notify, and any other type means the port
+    probe (the process running, for a native agent: its socket accepts before the agent runs).
+    With `ready`, notify sets Type=notify, and any other probe an exec service, unless the agent
+    itself insists on service_type: notify, which would wait for a READY=1 nobody sends."""
+    service_type, ready = get("service_type"), get("ready")
+    if ready is None:
+        if service_type == "notify":
+            return service_type, Readiness("notify")
+        return service_type, Readiness("started" if activation == "native" else "port")
+    if ready.kind == "notify":
+        return "notify", ready
+    if activation == "native" and ready.kind == "port":
+        check.add(doc, path + ("ready",), "a native agent's port is its socket's, which accepts before "
+                  "the agent runs: ready: port would say nothing (use notify, started, {http: /path} or "
+                  "{command: [argv]}, or activation: proxy)")
+    if service_type == "notify":
+        if "service_type" in own:
+            check.add(doc, own["service_type"][2], f"service_type: notify waits for READY=1, but ready is "
+                      f"{ready.kind}: leave service_type out (or say ready: notify)")
+        return ("exec" if service_type == "notify" else service_type), ready
+    return service_type, ready
 
 
 def _read_profiles(check: _Checker, doc: Document, fleet: dict, agents: dict[str, Agent],

@@ -28,6 +28,17 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class Readiness:
+    """When an agent is ready (the manifest's `ready`): notify (it sends READY=1), started
+    (its process runs), port (its listening port accepts), http (`path` answers 2xx on it),
+    command (`command` exits 0)."""
+
+    kind: str
+    path: str | None = None
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Agent:
     name: str
     host: str
@@ -41,7 +52,8 @@ class Agent:
     activation: str  # "none" for essential agents, else "native" or "proxy"
     private_port: int | None  # where the agent listens behind the proxy (proxy mode)
     idle_stop: int  # microseconds, as every time span of the model
-    service_type: str  # simple, exec or notify
+    service_type: str  # simple, exec or notify (notify exactly when ready.kind is notify)
+    ready: Readiness
     start_timeout: int
     watchdog: int | None
     restart: Restart

@@ -23,11 +23,13 @@ def table(rows: Sequence[Sequence[str]], *, last_free: bool = False) -> str:
     return "\n".join(lines)
 
 
-def agents_table(agents: Sequence[Agent]) -> str:
-    rows = [("AGENT", "HOST", "CLASS", "PORT", "HEALTH", "ACTIVATION", "DEPENDS ON")]
+def agents_table(agents: Sequence[Agent], activation=lambda agent: agent.activation) -> str:
+    """One row per agent; `activation(agent)`: how the backend that runs it here holds its port."""
+    rows = [("AGENT", "HOST", "CLASS", "PORT", "HEALTH", "ACTIVATION", "READY", "DEPENDS ON")]
     for a in agents:
+        ready = a.ready.kind + (f" {a.ready.path}" if a.ready.path else "")
         rows.append((a.name, a.host, "essential" if a.essential else "optional", str(a.port),
-                     str(a.health_port or "-"), a.activation, ",".join(a.depends_on) or "-"))
+                     str(a.health_port or "-"), activation(a), ready, ",".join(a.depends_on) or "-"))
     return table(rows, last_free=True)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import env as contract, values
+from .model import Readiness
 
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -150,11 +151,33 @@ def argv(value: Any) -> tuple[str, ...]:
         raise ValueError("the command is empty: give at least the program")
     words = each(enumerate(value), _word)
     program = words[0]
-    if "/" in program and not program.startswith("/"):
-        raise ValueError(f"the program must be an absolute path or a bare name found in --bin-dir, got {program!r}")
+    if "/" in program and not program.startswith(("/", "./", "../")):
+        raise ValueError(f"the program must be an absolute path, a path relative to the manifest directory "
+                         f"(./prog), or a bare name found in --bin-dir or on PATH, got {program!r}")
     if not program or program[0] in "@-:+!|":
         raise ValueError(f"the program {program!r} starts with a character systemd reads as a prefix")
     return tuple(words)
+
+
+READY_WORDS = ("notify", "started", "port")
+_READY_FORMS = "notify, started, port, {http: /path} or {command: [argv]}"
+
+
+def readiness(value: Any) -> Readiness:
+    """notify | started | port | http | {http: /path} | {command: [argv]}."""
+    if value in READY_WORDS:
+        return Readiness(value)
+    if value == "http":
+        return Readiness("http", "/")
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, item),) = value.items()
+        if key == "http":
+            if not isinstance(item, str) or not item.startswith("/") or CONTROL.search(item) or " " in item:
+                raise ValueError(f"http: expected a path that starts with '/', without spaces, got {show(item)}")
+            return Readiness("http", item)
+        if key == "command":
+            return Readiness("command", command=argv(item))
+    raise ValueError(f"expected {_READY_FORMS}, got {show(value)}")
 
 
 def abs_path(value: Any) -> str:

@@ -73,20 +73,22 @@ AGENT_SETTINGS: dict[str, Setting] = {
                 "a label for profiles and graphs", "the file's group"),
     "description": _S(parsers.text, None, "one line for the unit's Description=",
                       "one line for the unit's `Description=`", "generated"),
-    "command": _S(parsers.argv, None, "argv; a bare program name is looked up in --bin-dir",
+    "command": _S(parsers.argv, None, "argv; a bare program name is looked up in --bin-dir, then PATH",
                   "argv, never a shell line; a bare program name is looked up in `--bin-dir` (default: this "
-                  "agentkit's own bin directory)", "(required)"),
+                  "agentkit's own bin directory), then `PATH`; a word's `{port}` is the port the program listens "
+                  "on (the private port behind a proxy)", "(required)"),
     "port": _S(parsers.port, None, "the agent port (ZeroMQ/TCP); optional agents' socket listens here",
                "the agent port; an optional agent's socket listens here", "(required)"),
     "health_port": _S(parsers.optional(parsers.port), None, "HTTP health port; never socket-activated",
                       "HTTP health; never socket-activated, so a health check does not wake an agent"),
     "depends_on": _S(parsers.names, (), "agents that must be running first (Requires= and After=)",
-                     "rendered as `Requires=` and `After=` together; across hosts, as addresses in "
-                     "`AGENTKIT_DEPENDS`"),
+                     "`Requires=` and `After=` an essential one; an optional one's socket instead, and `Wants=` "
+                     "its service, so a cold chain starts together; across hosts, addresses in `AGENTKIT_DEPENDS`"),
     "activation": _S(parsers.choice("native", "proxy"), "native",
                      "optional agents: native adopts the socket fd; proxy uses systemd-socket-proxyd",
                      "optional agents: `native` (the agent adopts the socket's fd) or `proxy` "
-                     "(`systemd-socket-proxyd` forwards to 127.0.0.1:`private_port`; needs `service_type: notify`)"),
+                     "(agentkit holds the port and forwards to the program on 127.0.0.1:`private_port`, which its "
+                     "command can name as `{port}`)"),
     "private_port": _S(parsers.port, None,
                        "proxy mode: where the agent listens on 127.0.0.1 (default port + private_port_offset)",
                        "proxy mode only", "port + `private_port_offset`"),
@@ -94,7 +96,14 @@ AGENT_SETTINGS: dict[str, Setting] = {
                     "optional agents stop after this long without traffic"),
     "service_type": _S(parsers.choice("simple", "exec", "notify", newer={"notify-reload": "253"}), "exec",
                        "systemd Type=; notify when the agent sends READY=1",
-                       "`Type=`: `simple`, `exec` or `notify`"),
+                       "`Type=`: `simple`, `exec` or `notify` (the same as `ready: notify`)"),
+    "ready": _S(parsers.optional(parsers.readiness), None,
+                "when the agent is ready: notify, started, port, {http: /path} or {command: [argv]}",
+                "when the agent counts as started, within `start_timeout`: `notify` (it sends `READY=1`), "
+                "`started` (its process runs), `port` (its port accepts a connection), `{http: /path}` (the path "
+                "answers 2xx) or `{command: [argv]}` (it exits 0); the unit is active, and its dependants and "
+                "clients go on, only then",
+                "`notify` if `service_type` is, else `port` (`started` for `native`)"),
     "start_timeout": _S(parsers.span, 30_000_000, "TimeoutStartSec=: how long a start may take",
                         "`TimeoutStartSec=`"),
     "watchdog": _S(parsers.optional(parsers.span), None, "WatchdogSec=: the agent sends WATCHDOG=1 within this",

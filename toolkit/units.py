@@ -15,6 +15,10 @@ REARM = "agentkit-rearm@"  # template units that make a failed socket listen aga
 ROUTER = "agentkit-router.service"
 ROUTER_PROGRAM = "agentkit-router"
 ACTIVATOR_PROGRAM = "agentkit-activator"
+AGENT_PROGRAM = "agentkit-agent"  # the reference agent
+READY_PROGRAM = "agentkit-ready"  # the readiness probe (ready: port, http, command)
+# agentkit's own programs: always in its bin directory, on whichever machine a render is for.
+OWN_PROGRAMS = ("agentkit", AGENT_PROGRAM, ROUTER_PROGRAM, ACTIVATOR_PROGRAM, READY_PROGRAM)
 # The units `agentkit down` stops on a systemd host, besides the target.
 PATTERNS = (PREFIX + "*.socket", PREFIX + "*.service")
 

@@ -71,8 +71,9 @@ def agentkit_bin(tmp_path_factory) -> Path:
         shutil.copytree(CHECKOUT, source, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
             ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache"))
         subprocess.run(["/usr/bin/python3", "-m", "venv", str(venv)], check=True, timeout=300)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(source)],
-                       check=True, timeout=600)
+        # uvicorn: the third-party server tests/e2e/test_byo.py runs as an agent.
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(source),
+                        "uvicorn"], check=True, timeout=600)
         yield venv / "bin"
     finally:
         shutil.rmtree(venv, ignore_errors=True)

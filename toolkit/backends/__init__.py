@@ -101,6 +101,7 @@ class Backend(ABC):
     # What a host directory of this backend's may hold; anything else there is the user's.
     ours: re.Pattern[str]
     keeps_files: bool = False  # apply() leaves files that `agentkit uninstall` removes
+    sandboxed: bool = False  # agents run in systemd's sandbox: hidden paths, DynamicUser= (programs.check)
 
     @classmethod
     @abstractmethod
@@ -112,6 +113,18 @@ class Backend(ABC):
         reports them with FILE:LINE). Options of the run (bin dir, state dir) are not
         the manifest's, and are checked by plan."""
         return ()
+
+    def activation(self, agent) -> str:
+        """How this backend holds an agent's port, for `agentkit show`: none, native or proxy."""
+        return agent.activation
+
+    def check_programs(self, manifest: Manifest, agents: Iterable, options: Options) -> None:
+        """Every program of `agents` can run here as this backend runs it, or a ManifestError
+        says where and why (FILE:LINE of the command)."""
+        from .. import manifest as loader, programs  # the loader imports this package for its checks
+        error = loader.problems(manifest, programs.check(agents, options.bin_dir, sandboxed=self.sandboxed))
+        if error is not None:
+            raise error
 
     @abstractmethod
     def plan(self, manifest: Manifest, host: str, profile: str | None, options: Options) -> list[RenderedFile]:
@@ -194,14 +207,6 @@ def check(manifest: Manifest) -> list[Issue]:
 def any_ours() -> re.Pattern[str]:
     """The file names any backend of the table writes into a host directory."""
     return re.compile("|".join(f"(?:{get(name).ours.pattern})" for name in BACKENDS))
-
-
-def resolve_command(command: tuple[str, ...], bin_dir: str) -> tuple[str, ...]:
-    """A bare program name is one of the programs installed beside agentkit (--bin-dir)."""
-    program = command[0]
-    if program.startswith("/"):
-        return command
-    return (os.path.join(bin_dir, program),) + command[1:]
 
 
 def rss(pid: int) -> int | None:

@@ -129,6 +129,7 @@ class AgentDef:
     depends: list[str] = field(default_factory=list)  # direct dependencies (AGENTKIT_DEPENDS)
     idle_stop: float = 120.0
     start_timeout: float = 30.0
+    ready: list[str] = field(default_factory=lambda: ["port"])  # the activator's probe
     args: list[str] = field(default_factory=list)     # e.g. ["--crash-at-start"]
     startretries: int = 3
     command: list[str] | None = None  # instead of the reference agent; "{private}" -> the private port
@@ -174,7 +175,8 @@ class Fleet:
             "fleet": self.fleet, "host": self.host, "supervisor": self.url,
             "agents": [{"name": a.name, "program": a.name, "listen": ["0.0.0.0", a.port],
                         "target": ["127.0.0.1", a.private], "depends_on": self.transitive(a.name),
-                        "idle_stop": a.idle_stop, "start_timeout": a.start_timeout}
+                        "idle_stop": a.idle_stop, "start_timeout": a.start_timeout,
+                        "ready": a.ready}
                        for a in self.agents.values()],
         }
 

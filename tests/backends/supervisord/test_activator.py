@@ -75,24 +75,28 @@ def test_optional_agents_are_dormant_and_their_ports_held_by_the_activator(fleet
 
 
 @needs_supervisord
-def test_first_request_starts_the_chain_in_order(fleet):
-    f = fleet([AgentDef("A", ["B"]), AgentDef("B", ["C"]), AgentDef("C")])
+def test_first_request_starts_the_chain_together_and_each_link_waits_for_readiness(fleet):
+    """A -> B -> C, each taking 1 s to load: started at once, so the cold chain costs about one
+    load, not three; and B's request to C waits in C's port until C is ready (it is answered)."""
+    f = fleet([AgentDef("A", ["B"], args=["--start-seconds", "1"]), AgentDef("B", ["C"], args=["--start-seconds", "1"]),
+               AgentDef("C", args=["--start-seconds", "1"])])
     t0 = time.monotonic()
     reply = f.request("A", {"action": "chain"}, timeout=30)
     took = time.monotonic() - t0
     assert reply["ok"] is True, reply
     assert reply["agent"] == "A"
     assert reply["deps"][0]["agent"] == "B" and reply["deps"][0]["deps"][0]["agent"] == "C"
-    print(f"cold chain A -> B -> C through the activator: {took * 1000:.0f} ms")
-    # The activator started them one after the other, dependencies first ...
+    print(f"cold chain A -> B -> C (1 s each) through the activator: {took * 1000:.0f} ms")
     log = f.wait_log(r"A: started in")
-    assert started_lines(log) == ["C", "B", "A"], log
-    # ... and supervisord spawned them in that order, once each.
+    f.wait_log(r"C: started in")
+    assert sorted(started_lines(log)) == ["A", "B", "C"], log
+    # supervisord spawned each once, together: C's spawn came before A's was ready.
     spawned = re.findall(r"spawned: '([ABC])'", f.read("supervisord.log"))
-    assert spawned == ["C", "B", "A"], f.read("supervisord.log")
+    assert sorted(spawned) == ["A", "B", "C"], f.read("supervisord.log")
+    assert took < 2.5, f"the chain took {took:.1f} s: its members started one after another"
     # Warm: no more starts.
     assert f.request("A", {"action": "chain"})["ok"] is True
-    assert started_lines(f.activator_log()) == ["C", "B", "A"]
+    assert sorted(started_lines(f.activator_log())) == ["A", "B", "C"]
 
 
 @needs_supervisord
@@ -119,9 +123,10 @@ def test_concurrent_first_requests_share_one_start(fleet):
             sock.close()
     assert len(replies) == 20 and all(r["ok"] for r in replies), replies
     assert len({r["pid"] for r in replies}) == 1
-    log = f.wait_log(r"A: started in")
-    assert started_lines(log) == ["C", "B", "A"], log
-    assert re.findall(r"spawned: '([ABC])'", f.read("supervisord.log")) == ["C", "B", "A"]
+    f.wait_log(r"A: started in")
+    log = f.wait_log(r"(?s)(?=.*A: started in)(?=.*B: started in).*C: started in")
+    assert sorted(started_lines(log)) == ["A", "B", "C"], log  # one start each, for 20 clients
+    assert sorted(re.findall(r"spawned: '([ABC])'", f.read("supervisord.log"))) == ["A", "B", "C"]
 
 
 @needs_supervisord
@@ -283,7 +288,7 @@ def test_a_start_that_never_listens_is_bounded(fleet):
     assert 1.4 <= took["Mute"] <= 4, took
     assert 2.4 <= took["Quit"] <= 6, took  # 1.5 s up, then EXITED for EXITED_GRACE
     log = f.wait_log(r"(Mute|Quit): start failed", 2)
-    assert re.search(r"Mute: start failed after \d+ ms: 127\.0\.0\.1:\d+ did not accept a connection "
+    assert re.search(r"Mute: start failed after \d+ ms: 127\.0\.0\.1:\d+ was not ready \(port\) "
                      r"within 1\.5 s \(supervisord: (STARTING|RUNNING)\)", log), log
     assert re.search(r"Quit: start failed after \d+ ms: supervisord: EXITED \(.*exit status 0", log), log
     assert f.state("Quit") == "EXITED"
@@ -365,7 +370,7 @@ def write_config(tmp_path, agents, **top):
 
 def agent_entry(name, port, private, depends_on=(), **over):
     entry = {"name": name, "program": name, "listen": ["127.0.0.1", port], "target": ["127.0.0.1", private],
-             "depends_on": list(depends_on), "idle_stop": 120.0, "start_timeout": 30.0}
+             "depends_on": list(depends_on), "idle_stop": 120.0, "start_timeout": 30.0, "ready": ["port"]}
     entry.update(over)
     return entry
 
@@ -493,9 +498,9 @@ def test_good_config_parses():
 def test_what_the_writer_dumps_the_reader_loads(tmp_path):
     config = Config(fleet="lab", host="h", supervisor="unix:///s/supervisor.sock", agents=(
         AgentSpec(name="A", program="A", listen=("0.0.0.0", 7000), target=("127.0.0.1", 27000),
-                  depends_on=("B",), idle_stop=120.0, start_timeout=30.0),
+                  depends_on=("B",), idle_stop=120.0, start_timeout=30.0, ready=("http", "/health")),
         AgentSpec(name="B", program="B", listen=("::", 7001), target=("::1", 27001),
-                  depends_on=(), idle_stop=0.5, start_timeout=1.0)))
+                  depends_on=(), idle_stop=0.5, start_timeout=1.0, ready=("port",))))
     text = config.dumps()
     assert text.endswith("}\n") and text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
     assert json.loads(text)["agents"][0]["listen"] == ["0.0.0.0", 7000]
@@ -506,7 +511,7 @@ def test_what_the_writer_dumps_the_reader_loads(tmp_path):
 
 def test_the_writer_cannot_build_what_the_reader_would_refuse():
     spec = dict(program="A", listen=("0.0.0.0", 7000), target=("127.0.0.1", 27000), idle_stop=1.0,
-                start_timeout=1.0)
+                start_timeout=1.0, ready=("port",))
     with pytest.raises(ValueError, match=r"unknown agent 'C'"):
         Config(fleet="f", host="h", supervisor="unix:///s", agents=(AgentSpec(name="A", depends_on=("C",), **spec),))
 
@@ -541,7 +546,10 @@ def test_the_writer_cannot_build_what_the_reader_would_refuse():
      'lab.json: agents[1] (Y).depends_on: expected an array of agent names, got "Z"'),
     (variant(agent1={"idle": 3}),
      "lab.json: agents[1] (Y).idle: unknown key (did you mean 'idle_stop'?); expected name, program, listen, "
-     "target, depends_on, idle_stop, start_timeout"),
+     "target, depends_on, idle_stop, start_timeout, ready"),
+    (variant(agent1={"ready": ["command", "sh"]}),
+     'lab.json: agents[1] (Y).ready: expected ["port"], ["http", "/path"] or ["command", "/absolute/program", '
+     '...], got ["command", "sh"]'),
     (variant(agent1={"name": ""}), 'lab.json: agents[1].name: expected a non-empty string without spaces, got ""'),
 ])
 def test_config_problems(data, expected):
@@ -555,7 +563,7 @@ def test_a_file_from_another_version_is_refused_by_its_first_difference():
     data = variant(agent0={"ready_timeout": 30.0})
     del data["agents"][0]["start_timeout"]
     assert problem(data) == ("lab.json: agents[0] (X).ready_timeout: unknown key (did you mean 'start_timeout'?); "
-                             "expected name, program, listen, target, depends_on, idle_stop, start_timeout")
+                             "expected name, program, listen, target, depends_on, idle_stop, start_timeout, ready")
 
 
 def test_unreadable_files_are_named(tmp_path):

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from agentkit import backends
+from agentkit.programs import resolve as resolve_program
 from agentkit import graph, manifest
 from agentkit.errors import AgentkitError, ManifestError
 from agentkit.backends.supervisord.render import (ACTIVATOR, command_value, environment_value, plan_supervisord,
@@ -204,7 +204,7 @@ def _check_against_manifest(m, host, opts, profile=None):
     for agent in agents:
         program = programs[agent.name]
         assert program.autostart is agent.essential, agent.name
-        assert shlex.split(program.command) == list(backends.resolve_command(agent.command, BIN)), agent.name
+        assert shlex.split(program.command) == list(resolve_program(agent.command, BIN)), agent.name
         assert program.priority > activator.priority
         for dep in agent.depends_on:
             if dep in programs:
@@ -305,11 +305,13 @@ def test_activator_json_lists_each_optional_agent_with_its_addresses_and_times()
         "fleet": "features", "host": "alpha", "supervisor": f"unix://{STATE}/supervisor.sock",
         "agents": [
             {"name": "Legacy", "program": "Legacy", "listen": ["0.0.0.0", 5003], "target": ["127.0.0.1", 25003],
-             "depends_on": [], "idle_stop": 300.0, "start_timeout": 30.0},
+             "depends_on": [], "idle_stop": 300.0, "start_timeout": 30.0,
+             "ready": ["command", "/usr/bin/test", "-e", "/opt/legacy/ready"]},
             {"name": "Native", "program": "Native", "listen": ["0.0.0.0", 5002], "target": ["127.0.0.1", 25002],
-             "depends_on": [], "idle_stop": 90.0, "start_timeout": 30.0},
+             "depends_on": [], "idle_stop": 90.0, "start_timeout": 30.0, "ready": ["port"]},
             {"name": "Proxied", "program": "Proxied", "listen": ["0.0.0.0", 5001],
-             "target": ["127.0.0.1", 25001], "depends_on": ["Native"], "idle_stop": 45.0, "start_timeout": 30.0},
+             "target": ["127.0.0.1", 25001], "depends_on": ["Native"], "idle_stop": 45.0, "start_timeout": 30.0,
+             "ready": ["http", "/health"]},
         ]}
     for entry in json.loads(text)["agents"]:
         assert isinstance(entry["idle_stop"], float) and isinstance(entry["start_timeout"], float)

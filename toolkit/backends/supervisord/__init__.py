@@ -33,9 +33,19 @@ class SupervisordBackend(Backend):
     def check(self, manifest: Manifest) -> Iterable[Issue]:
         return render.check(manifest)
 
-    def state_dir(self, manifest: Manifest, host: str, options: Options) -> str:
+    def activation(self, agent) -> str:
+        # supervisord cannot hand over a socket: the activator forwards to every optional agent.
+        return "none" if agent.essential else "activator"
+
+    def state_dir(self, manifest: Manifest, host: str, options: Options, *, started: bool = False) -> str:
+        """Where `host`'s supervisord lives: --state-dir (a directory per host when the manifest has
+        several), else the default. `started`: for down and status, the directory the last `up`
+        used (--state-dir or not), when nothing runs in the default."""
         if options.state_dir is None:
-            return run.default_state_dir(manifest, host)
+            default = run.default_state_dir(manifest, host)
+            if started and not run.running(default):
+                return run.recall(manifest, host) or default
+            return default
         base = os.path.abspath(options.state_dir)
         return os.path.join(base, host) if options.several else base
 
@@ -56,8 +66,12 @@ class SupervisordBackend(Backend):
         directory = self.state_dir(manifest, host, options)
         planned = self.plan(manifest, host, profile, options)
         changes = self.pending(manifest, host, planned, options)
-        result = run.up(manifest, host, profile, planned, changes, state_dir=directory, timeout=options.timeout,
-                        progress=progress)
+        result = run.up(manifest, host, profile, planned, changes, state_dir=directory, bin_dir=options.bin_dir,
+                        timeout=options.timeout, progress=progress)
+        run.remember(manifest, host, directory)
+        if manifest.router is not None and manifest.router.host == host:
+            progress(f"{host}: the router (router: in {os.path.basename(manifest.router.where.file)}) is not run "
+                     f"under {self.name} yet: start agentkit-router yourself, or use systemd")
         running = len(result.essential) - len([n for n in result.failed if n in result.essential])
         progress(f"{host}: {running}/{len(result.essential)} essential agents running, {len(result.optional)} "
                  f"optional agents dormant (the activator holds their ports); state, logs and control socket "
@@ -66,7 +80,7 @@ class SupervisordBackend(Backend):
                        failed={name: [f"{why} (log: {directory}/logs/)"] for name, why in result.failed.items()})
 
     def stop(self, manifest: Manifest, host: str, options: Options, progress: Progress) -> bool:
-        directory = self.state_dir(manifest, host, options)
+        directory = self.state_dir(manifest, host, options, started=True)
         if run.down(directory, timeout=options.timeout):
             progress(f"{host}: supervisord and every agent stopped ({directory})")
             return True
@@ -74,7 +88,7 @@ class SupervisordBackend(Backend):
         return False
 
     def status(self, manifest: Manifest, host: str, profile: str | None, options: Options) -> list[AgentStatus]:
-        directory = self.state_dir(manifest, host, options)
+        directory = self.state_dir(manifest, host, options, started=True)
         if not run.running(directory):
             raise AgentkitError(f"{host}: no supervisord answers in {directory} (start the fleet with agentkit up)")
         return run.collect(manifest, host, profile, directory)

@@ -6,9 +6,12 @@ activator reads it back with Config.load(). The file holds::
     {"fleet": "lab", "host": "lab", "supervisor": "unix:///abs/state/supervisor.sock",
      "agents": [{"name": "X", "program": "X", "listen": ["0.0.0.0", 7101],
                  "target": ["127.0.0.1", 27101], "depends_on": ["Y", "Z"],
-                 "idle_stop": 120.0, "start_timeout": 30.0}]}
+                 "idle_stop": 120.0, "start_timeout": 30.0, "ready": ["port"]}]}
 
-``depends_on`` is transitive and in start order (dependencies first).
+``depends_on`` is transitive and in start order (dependencies first). ``ready`` is
+how the activator knows the target is ready: ``["port"]`` (it accepts a connection),
+``["http", "/path"]`` (the path answers 2xx) or ``["command", "/bin/prog", ...]``
+(it exits 0).
 
 The reader is driven by the dataclasses below: every field names the function
 that reads its JSON value (each raises Bad(message)); keys that are missing or
@@ -95,6 +98,19 @@ def _names(value):
     raise Bad(f"expected an array of agent names, got {json.dumps(value)}")
 
 
+def _ready(value):
+    if value == ["port"]:
+        return ("port",)
+    if (isinstance(value, list) and len(value) == 2 and value[0] == "http" and isinstance(value[1], str)
+            and value[1].startswith("/")):
+        return tuple(value)
+    if (isinstance(value, list) and len(value) >= 2 and value[0] == "command"
+            and all(isinstance(word, str) for word in value) and value[1].startswith("/")):
+        return tuple(value)
+    raise Bad('expected ["port"], ["http", "/path"] or ["command", "/absolute/program", ...], '
+              f"got {json.dumps(value)}")
+
+
 def _seconds(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise Bad(f"expected seconds above zero, got {json.dumps(value)}")
@@ -154,6 +170,7 @@ class AgentSpec:
     depends_on: tuple[str, ...] = _read(_names)  # transitive, dependencies first
     idle_stop: float = _read(_seconds)
     start_timeout: float = _read(_seconds)
+    ready: tuple[str, ...] = _read(_ready)       # the readiness probe of its target
 
 
 @dataclass(frozen=True)

@@ -60,12 +60,11 @@ from typing import Iterator
 
 import jinja2
 
-from ... import env as contract, graph, templating, units, values
+from ... import env as contract, graph, programs, templating, units, values
 from ...checks import Issue, port_owners
 from ...errors import AgentkitError
 from ...files import RenderedFile
 from ...model import Agent, Manifest
-from .. import resolve_command
 from .config import AgentSpec, Config as ActivatorConfig
 
 CONF = "supervisord.conf"
@@ -253,6 +252,17 @@ def _optional_dependencies(manifest: Manifest, agent: Agent, on_host: dict[str, 
     return sorted(seen, key=order.__getitem__)
 
 
+def probe(agent: Agent, bin_dir: str, port: int) -> tuple[str, ...]:
+    """The activator's readiness probe of an agent: ("port",), ("http", path) or ("command", argv...).
+    supervisord has no sd_notify: notify and started agents are ready when their port accepts."""
+    ready = agent.ready
+    if ready.kind == "http":
+        return ("http", ready.path)
+    if ready.kind == "command":
+        return ("command",) + contract.with_port(programs.resolve(ready.command, bin_dir), port)
+    return ("port",)
+
+
 # --- the plan -------------------------------------------------------------------
 
 def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, *, bin_dir: str,
@@ -281,14 +291,15 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
     def path(*parts: str, what: str) -> str:
         return ini_value(posixpath.join(*parts), what)
 
-    programs = []
+    entries = []
     for agent in sorted(agents, key=lambda a: order[a.name]):
         autorestart, exitcodes = RESTART[agent.restart.policy]
         where = f"agent {agent.name}"
-        programs.append({
+        entries.append({
             "name": agent.name,
             "essential": agent.essential,
-            "command": command_value(resolve_command(agent.command, bin_dir)),
+            "command": command_value(contract.with_port(programs.resolve(agent.command, bin_dir),
+                                                        privates.get(agent.name, agent.port))),
             "environment": environment_value(supervised_environment(manifest, agent, privates.get(agent.name)),
                                              f"{where}: environment"),
             "priority": PRIORITY_BASE + order[agent.name],
@@ -317,7 +328,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
                                       posixpath.join(state_dir, ACTIVATOR_CONFIG))),
             "logfile": path(logs, f"{ACTIVATOR}.log", what="state_dir"),
         },
-        "programs": programs,
+        "programs": entries,
     }
     try:
         conf = conf_t.render(context)
@@ -328,7 +339,8 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
         AgentSpec(name=agent.name, program=agent.name, listen=("0.0.0.0", agent.port),
                   target=("127.0.0.1", privates[agent.name]),
                   depends_on=tuple(_optional_dependencies(manifest, agent, on_host, order)),
-                  idle_stop=values.seconds(agent.idle_stop), start_timeout=values.seconds(agent.start_timeout))
+                  idle_stop=values.seconds(agent.idle_stop), start_timeout=values.seconds(agent.start_timeout),
+                  ready=probe(agent, bin_dir, privates[agent.name]))
         for agent in sorted((a for a in agents if a.optional), key=lambda a: a.name))
     activator = ActivatorConfig(fleet=manifest.name, host=host, supervisor=f"unix://{socket}", agents=entries)
     return sorted([

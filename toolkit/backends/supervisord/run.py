@@ -9,6 +9,7 @@ activator.json, the control socket (mode 0700), the pid file and logs/.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -16,7 +17,7 @@ import xmlrpc.client
 from dataclasses import dataclass
 from typing import Callable
 
-from ... import files, graph, proc
+from ... import env as contract, files, graph, proc, programs, ready
 from ...errors import AgentkitError
 from ...model import Manifest
 from ...files import RenderedFile
@@ -27,6 +28,30 @@ from .render import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET
 def default_state_dir(manifest: Manifest, host: str) -> str:
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(os.path.abspath(base), "agentkit", f"{manifest.name}-{host}")
+
+
+def _pointer(manifest: Manifest, host: str) -> str:
+    return default_state_dir(manifest, host) + ".last"
+
+
+def remember(manifest: Manifest, host: str, state_dir: str) -> None:
+    """Note where `up` ran this host's supervisord, so `down` and `status` without --state-dir find it."""
+    pointer = _pointer(manifest, host)
+    if os.path.abspath(state_dir) == default_state_dir(manifest, host):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pointer)
+        return
+    os.makedirs(os.path.dirname(pointer), mode=0o700, exist_ok=True)
+    files.atomic_write(pointer, os.path.abspath(state_dir) + "\n", 0o600)
+
+
+def recall(manifest: Manifest, host: str) -> str | None:
+    """The state directory the last `up` of this host used, when it was not the default."""
+    try:
+        with open(_pointer(manifest, host), encoding="utf-8") as handle:
+            return handle.read().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def rpc(state_dir: str):
@@ -61,8 +86,21 @@ class UpResult:
     failed: dict[str, str]
 
 
+def _probes(agents, bin_dir: str, timeout: float) -> dict:
+    """name -> (probe, interval) of each essential agent that says when it is ready (port, http,
+    command); supervisord itself only knows that a process runs."""
+    probes = {}
+    for agent in agents:
+        kind = agent.ready.kind
+        if agent.essential and kind in ("port", "http", "command"):
+            argv = contract.with_port(programs.resolve(agent.ready.command, bin_dir), agent.port) if kind == "command" \
+                else None
+            probes[agent.name] = ready.probe_for(kind, "127.0.0.1", agent.port, agent.ready.path, argv, timeout)
+    return probes
+
+
 def up(manifest: Manifest, host: str, profile: str | None, planned: list[RenderedFile], changes: Changes, *,
-       state_dir: str, timeout: float = 120.0, progress: Callable[[str], None] = print) -> UpResult:
+       state_dir: str, bin_dir: str, timeout: float = 120.0, progress: Callable[[str], None] = print) -> UpResult:
     """Write the files of `planned` that `changes` names (plan_supervisord() for state_dir, and
     what differs from the files there), then start supervisord or have it take them up."""
     os.makedirs(os.path.join(state_dir, "logs"), mode=0o700, exist_ok=True)
@@ -110,6 +148,14 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
                 failed[name] = "did not reach RUNNING in time"
             break
         time.sleep(0.1)
+    # Then readiness, as systemd's ExecStartPost= probe holds a unit: what up reports as
+    # running answers.
+    for name, (probe, interval) in _probes(agents, bin_dir, timeout).items():
+        if name in failed:
+            continue
+        ok, said = ready.wait(probe, max(0.0, deadline - time.monotonic()), interval)
+        if not ok:
+            failed[name] = f"running, but not ready: {said}"
     return UpResult(host, state_dir, started, essential, optional, failed)
 
 
@@ -123,8 +169,20 @@ def down(state_dir: str, timeout: float = 120.0) -> bool:
             pid = int(handle.read().strip())
     except (OSError, ValueError):
         pid = None
-    rpc(state_dir).supervisor.shutdown()
     deadline = time.monotonic() + timeout
+    # supervisord's own shutdown stops its programs one priority at a time, each after a tick
+    # of its loop (about a second apiece, 70 s for the reference fleet): signal them all at
+    # once instead, wait until they are down, then shut it down with nothing left to stop.
+    server = rpc(state_dir).supervisor
+    with contextlib.suppress(OSError, xmlrpc.client.Error):
+        server.stopAllProcesses(False)
+        for _ in range(int(timeout / 0.05) + 1):
+            if time.monotonic() > deadline or not any(
+                    info["statename"] in ("RUNNING", "STARTING", "STOPPING", "BACKOFF")
+                    for info in server.getAllProcessInfo()):
+                break
+            time.sleep(0.05)
+    server.shutdown()
     for _ in range(int(timeout / 0.1) + 1):
         if pid is None or not os.path.exists(f"/proc/{pid}"):
             return True
@@ -136,6 +194,16 @@ def down(state_dir: str, timeout: float = 120.0) -> bool:
 
 _STATES = {"RUNNING": "active", "STARTING": "starting", "BACKOFF": "starting", "STOPPING": "stopping",
            "FATAL": "failed", "UNKNOWN": "failed"}
+
+
+def _last_words(state_dir: str, program: str) -> str | None:
+    """The last line a program wrote (its log holds stdout and stderr), or None."""
+    try:
+        text, _, _ = rpc(state_dir).supervisor.tailProcessStdoutLog(program, 0, 4096)
+    except (OSError, xmlrpc.client.Error):
+        return None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else None
 
 
 def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) -> list[AgentStatus]:
@@ -151,15 +219,20 @@ def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) 
             detail = info["statename"]
             state = _STATES.get(detail)
             if state is None:  # STOPPED, EXITED
-                if agent.optional and activator_up and detail in ("STOPPED", "EXITED"):
+                if detail == "EXITED" and info.get("exitstatus"):
+                    state = "failed"
+                    detail = f"EXITED with status {info['exitstatus']}"
+                elif agent.optional and activator_up:
                     state = "dormant"
                     detail = f"{detail}, port held by the activator"
-                elif detail == "EXITED" and info.get("exitstatus"):
-                    state = "failed"
                 else:
                     state = "inactive"
             if detail == "FATAL":
                 detail = f"FATAL: start limit hit ({info.get('description', '')})"
+            if state == "failed" or info["statename"] == "BACKOFF":
+                said = _last_words(state_dir, agent.name)  # why, in the program's own words
+                if said:
+                    detail += f": {said}"
         pid = info["pid"] if info else 0
         since = info["start"] if info and state in ("active", "starting") else (info or {}).get("stop") or None
         rows.append(AgentStatus(agent.name, agent.essential, agent.name, state, detail,

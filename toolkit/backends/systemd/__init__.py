@@ -25,6 +25,7 @@ class SystemdBackend(Backend):
     several_hosts = False  # one systemd, one host of the manifest
     ours = files.OURS
     keeps_files = True
+    sandboxed = True  # hardening.j2: ProtectHome=, PrivateTmp=, DynamicUser=
 
     @classmethod
     def here(cls) -> bool:

@@ -138,6 +138,17 @@ def journal_tail(unit: str, lines: int = 10) -> list[str]:
     return result.stdout.splitlines()[-lines:]
 
 
+def last_words(unit: str) -> str | None:
+    """The last line the unit's own processes wrote (not systemd's lines about it), or None."""
+    try:
+        result = proc.run(["journalctl", "--no-pager", "-q", "-o", "cat", "-n", "1", "-u", unit, "_TRANSPORT=stdout"],
+                          timeout=10, check=False)
+    except proc.CommandError:
+        return None
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else None
+
+
 async def apply(root: str, host: str, profile: str, planned: list[RenderedFile], *, force: bool = False,
                 timeout: float = 120.0, restart_all: bool = False,
                 progress: Callable[[str], None] = lambda line: None) -> Outcome:

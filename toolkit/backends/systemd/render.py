@@ -11,8 +11,7 @@ import os
 
 import jinja2
 
-from ... import env as contract, escape, graph, templating, units, values
-from .. import resolve_command
+from ... import env as contract, escape, graph, programs, templating, units, values
 from ...files import RenderedFile
 from ...model import Manifest
 from ...router.settings import ROUTER_SETTINGS, router_flag_value
@@ -32,6 +31,46 @@ def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
     return groups
 
 
+def ready_command(agent, bin_dir: str) -> str | None:
+    """ExecStartPost= that holds the unit in "activating" until the agent is ready, or None
+    (notify: systemd waits for READY=1 itself; started: the process running is enough).
+
+    The port and HTTP probes run with full privileges ('+'): outside the agent's sandbox, so
+    agentkit's bin directory need not be visible to the agent. A probe command is the
+    user's, and runs as the agent does, in its sandbox."""
+    ready = agent.ready
+    if ready.kind in ("notify", "started"):
+        return None
+    probe = [os.path.join(bin_dir, units.READY_PROGRAM), "--timeout", f"{values.seconds(agent.start_timeout):g}"]
+    port = contract.listen_port(agent)
+    if ready.kind == "port":
+        return "+" + escape.systemd_exec(probe + ["--port", contract.loopback(port)])
+    if ready.kind == "http":
+        return "+" + escape.systemd_exec(probe + ["--http", contract.loopback(port), ready.path])
+    return escape.systemd_exec(probe + ["--command", *contract.with_port(programs.resolve(ready.command, bin_dir), port)])
+
+
+def dependencies(agent, on_host: dict) -> tuple[list[str], list[str]]:
+    """(Requires= and After=, Wants=) of an agent's unit, for its dependencies on this host.
+
+    An essential dependency runs already: Requires= and After= its service. An optional one
+    sits behind its socket, which holds the way until the dependency is ready (native: it
+    accepts only then; proxy: the proxy starts after the agent is active): the unit needs
+    the socket (Requires= and After=) and wants the service without waiting for it, so a
+    cold chain starts all its members at once and costs its slowest, not the sum."""
+    requires, wants = [], []
+    for name in agent.depends_on:
+        dep = on_host.get(name)
+        if dep is None:
+            continue  # on another host: an address in AGENTKIT_DEPENDS
+        if dep.essential:
+            requires.append(units.service(name))
+        else:
+            requires.append(units.socket(name, dep.activation))
+            wants.append(units.service(name))
+    return requires, wants
+
+
 def plan(manifest: Manifest, host: str, profile: str | None = None, *,
          bin_dir: str, templates: str | None = None) -> list[RenderedFile]:
     """Every unit file of `host` for `profile`, sorted by path."""
@@ -40,18 +79,21 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
      router_t) = templating.templates("systemd", TEMPLATES, templates).values()
 
     profile_name = profile or manifest.default_profile
-    on_host = {a.name for a in agents}
+    on_host = {a.name: a for a in agents}
     files: list[RenderedFile] = []
     try:
         for agent in agents:
-            local_deps = [units.service(d) for d in agent.depends_on if d in on_host]
+            requires, wants = dependencies(agent, on_host)
             service = units.service(agent.name)
             socket = units.socket(agent.name, agent.activation)
             common = {"agent": agent, "unit": service, "source": os.path.basename(agent.where.file)}
             files.append(RenderedFile(service, service_t.render(
                 common,
-                requires=local_deps,
-                command=escape.systemd_exec(resolve_command(agent.command, bin_dir)),
+                requires=requires,
+                wants=wants,
+                command=escape.systemd_exec(contract.with_port(programs.resolve(agent.command, bin_dir),
+                                                               contract.listen_port(agent))),
+                ready=ready_command(agent, bin_dir),
                 environment=[escape.systemd_env(k, v) for k, v in contract.for_agent(manifest, agent)],
                 slice=units.slice_(agent.slice),
                 target=units.TARGET,

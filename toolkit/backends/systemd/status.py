@@ -10,6 +10,7 @@ from __future__ import annotations
 from ... import graph, units
 from ...model import Agent, Manifest
 from .. import AgentStatus, rss
+from . import install
 from .dbus import NO_VALUE
 
 
@@ -72,6 +73,10 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
             if began and ready and ready >= began:
                 last_start = round((ready - began) / 1e6, 6)
             result = props.get("Result")
+            if state == "failed" or service.sub_state == "auto-restart":
+                said = install.last_words(units.service(agent.name))  # why, in the program's own words
+                if said:
+                    detail += f": {said}"
         out.append(AgentStatus(agent.name, agent.essential, units.service(agent.name), state, detail, since, restarts,
                                memory, last_start, result))
     return out

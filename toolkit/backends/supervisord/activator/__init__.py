@@ -6,9 +6,12 @@ keeps it running (``[program:agentkit-activator]``, autostart, priority 1), and 
 - listens on the public port of every optional agent of the host, from the start,
   so a dormant agent's port never refuses a connection;
 - on a connection for agent X whose target (X's private address) does not accept
-  connections, starts X's dormant dependencies in order and then X, each through
-  supervisord's XML-RPC API (``startProcess``), and counts X ready once its target
-  accepts a TCP connection (supervisord has no readiness notification);
+  connections, starts X and its dormant dependencies together, each through
+  supervisord's XML-RPC API (``startProcess``), and counts X ready once its
+  readiness probe passes (its target accepts a TCP connection, an HTTP path answers
+  2xx, or a command exits 0; supervisord has no readiness notification). X's
+  requests to a dependency come through the dependency's public port, ours, so they
+  wait there until that dependency is ready too;
 - forwards bytes both ways between the client and the target (half-close too);
 - stops X (``stopProcess``) once it has had no connection for its idle time and
   nothing that depends on it is up (as Requires= keeps a dependency up under systemd).

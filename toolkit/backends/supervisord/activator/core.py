@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import socket
 import time
 from functools import partial
+
+from agentkit import ready
 
 from . import PROG
 from .agent import Agent, StartFailed
@@ -15,7 +16,7 @@ from .link import Link
 from .rpc import ALREADY_STARTED, BAD_NAME, DOWN_STATES, NOT_RUNNING, UP_STATES, SupervisorUnreachable, fault_code
 
 BACKLOG = 1024
-READY_POLL = 0.02          # s between connect() attempts while a target starts
+READY_POLL = 0.01          # s between probes while a target starts (a command's: ready.COMMAND_INTERVAL)
 STATE_POLL = 0.1           # s between looks at supervisord's state while a target starts
 EXITED_GRACE = 1.0         # s a started program may sit in EXITED/STOPPED before we call it failed
 
@@ -129,20 +130,19 @@ class Activator:
             task.exception()  # retrieved: every waiter has seen it, or none is left
 
     async def start(self, agent):
+        # The dependencies start beside the agent, not before it: their public ports are ours,
+        # so a request of the agent's waits in their Link until each is ready. A cold chain
+        # costs its slowest member, not the sum.
+        for dep in agent.deps:
+            if not dep.ready:
+                self.spawn(self._start_dependency(agent, dep))
         async with agent.lock:
-            for dep in agent.deps:
-                try:
-                    await self.ensure(dep)
-                except StartFailed as exc:
-                    message = f"dependency {dep.name} did not start"
-                    log.warning(f"{agent.name}: not started: {message}{_closing(agent)}")
-                    raise StartFailed(f"{message}: {exc}") from None
             loop = asyncio.get_running_loop()
             began = loop.time()
             try:
                 info = await self.info(agent)
                 if info["statename"] in UP_STATES and await self.probe(agent):
-                    self._ready(agent)  # up and accepting: e.g. started for another dependant just now
+                    self._ready(agent)  # up and ready: e.g. started for another dependant just now
                     return
                 await self.start_program(agent, info, began)
             except StartFailed as exc:
@@ -151,6 +151,12 @@ class Activator:
                 raise
             self._ready(agent)
 
+    async def _start_dependency(self, agent, dep):
+        try:
+            await self.ensure(dep)
+        except StartFailed as exc:
+            log.warning(f"{agent.name}: its dependency {dep.name} did not start: {exc}")
+
     @staticmethod
     def _ready(agent):
         agent.ready = True
@@ -158,17 +164,38 @@ class Activator:
         agent.last = time.monotonic()
 
     async def probe(self, agent, timeout=1.0):
-        """Does the agent's target accept a TCP connection?"""
+        """Is the agent's target ready, by its probe: accepts a connection, answers 2xx, exits 0?"""
+        kind = agent.spec.ready[0]
         host, port = agent.spec.target
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (host, port)), timeout)
-            return True
+            if kind == "command":
+                return await asyncio.wait_for(self._command_ok(agent.spec.ready[1:]), max(timeout, 5.0))
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, asyncio.TimeoutError):
             return False
+        try:
+            if kind == "port":
+                return True
+            writer.write(ready.http_request(host, agent.spec.ready[1]))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+            status = ready.http_status(head)
+            return status is not None and 200 <= status < 300
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return False
         finally:
-            sock.close()
+            writer.close()
+
+    @staticmethod
+    async def _command_ok(argv):
+        process = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                       stdout=asyncio.subprocess.DEVNULL,
+                                                       stderr=asyncio.subprocess.DEVNULL)
+        try:
+            return await process.wait() == 0
+        except asyncio.CancelledError:
+            process.kill()
+            await process.wait()
+            raise
 
     async def info(self, agent):
         try:
@@ -199,12 +226,12 @@ class Activator:
             if await self.probe(agent, timeout=max(0.05, min(1.0, deadline - loop.time()))):
                 how = f"was {was}" if called else f"supervisord had it {was} and (re)started it"
                 log.info(f"{agent.name}: started in {(loop.time() - began) * 1000:.0f} ms ({how}); "
-                         f"{spec.target[0]}:{spec.target[1]} accepts connections")
+                         f"{spec.target[0]}:{spec.target[1]} is ready ({' '.join(spec.ready)})")
                 return
             now = loop.time()
             if now >= deadline:
-                raise StartFailed(f"{spec.target[0]}:{spec.target[1]} did not accept a connection within "
-                                  f"{spec.start_timeout:g} s (supervisord: {state})")
+                raise StartFailed(f"{spec.target[0]}:{spec.target[1]} was not ready ({' '.join(spec.ready)}) "
+                                  f"within {spec.start_timeout:g} s (supervisord: {state})")
             if now >= next_look:
                 info = await self.info(agent)
                 state = info["statename"]
@@ -220,10 +247,10 @@ class Activator:
                         down_since = now
                     elif now - down_since >= EXITED_GRACE:
                         raise StartFailed(f"supervisord: {state} ({_why(info, await self.last_words(agent))}) "
-                                          "before it accepted a connection")
+                                          "before it was ready")
                 else:
                     down_since = None
-            await asyncio.sleep(READY_POLL)
+            await asyncio.sleep(ready.COMMAND_INTERVAL if spec.ready[0] == "command" else READY_POLL)
 
     async def last_words(self, agent):
         """The last line the program wrote (stderr, else stdout), for a failure's log line."""
