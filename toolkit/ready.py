@@ -14,6 +14,7 @@ agent on every cold start, and its own start must not be what the client waits f
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -79,13 +80,32 @@ def command_ready(argv: list[str], timeout: float) -> tuple[bool, str]:
     return False, f"{argv[0]} exited {done.returncode}" + (f": {last[0][-200:]}" if last[0] else "")
 
 
-def wait(probe, timeout: float, interval: float) -> tuple[bool, str]:
-    """Call probe() until it says ready or `timeout` seconds passed; its last word either way."""
+EXITED = "the program exited before it was ready"
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait(probe, timeout: float, interval: float, pid: int | None = None) -> tuple[bool, str]:
+    """Call probe() until it says ready or `timeout` seconds passed; its last word either way.
+    `pid`: the program's; once it is gone no probe can pass (systemd waits for ExecStartPost=
+    to finish even when the main process has exited, so the probe must notice)."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / interval) + 2):  # bounded: one try per interval, and one more
         ok, said = probe()
         if ok or time.monotonic() >= deadline:
             return ok, said
+        if not _alive(pid):
+            return False, EXITED
         time.sleep(interval)
     return False, said
 
@@ -126,12 +146,14 @@ def main(argv: list[str] | None = None) -> int:
         if not args.command:
             parser.error("--command needs the command to run")
         probe, interval = probe_for("command", "", 0, argv=args.command, timeout=args.timeout)
-    ok, said = wait(probe, args.timeout, interval)
+    main_pid = os.environ.get("MAINPID", "")  # systemd tells its control processes the main PID
+    ok, said = wait(probe, args.timeout, interval, int(main_pid) if main_pid.isdigit() else None)
     took = time.monotonic() - began
     if ok:
         print(f"{PROG}: ready after {took * 1000:.0f} ms: {said}", file=sys.stderr)
         return 0
-    print(f"{PROG}: not ready within {args.timeout:g} s: {said}", file=sys.stderr)
+    print(f"{PROG}: {said}" if said == EXITED else f"{PROG}: not ready within {args.timeout:g} s: {said}",
+          file=sys.stderr)
     return 1
 
 

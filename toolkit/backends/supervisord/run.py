@@ -153,7 +153,8 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
     for name, (probe, interval) in _probes(agents, bin_dir, timeout).items():
         if name in failed:
             continue
-        ok, said = ready.wait(probe, max(0.0, deadline - time.monotonic()), interval)
+        pid = (infos.get(name) or {}).get("pid") or None
+        ok, said = ready.wait(probe, max(0.0, deadline - time.monotonic()), interval, pid)
         if not ok:
             failed[name] = f"running, but not ready: {said}"
     return UpResult(host, state_dir, started, essential, optional, failed)

@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ... import files, proc, units
+from ... import files, proc, ready, units
 from ...errors import AgentkitError
 from ...files import RenderedFile
 from ...units import TARGET
@@ -141,11 +141,13 @@ def journal_tail(unit: str, lines: int = 10) -> list[str]:
 def last_words(unit: str) -> str | None:
     """The last line the unit's own processes wrote (not systemd's lines about it), or None."""
     try:
-        result = proc.run(["journalctl", "--no-pager", "-q", "-o", "cat", "-n", "1", "-u", unit, "_TRANSPORT=stdout"],
+        result = proc.run(["journalctl", "--no-pager", "-q", "-o", "cat", "-n", "5", "-u", unit, "_TRANSPORT=stdout"],
                           timeout=10, check=False)
     except proc.CommandError:
         return None
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
+    # agentkit-ready's "the program exited" says less than the program's own last line.
+    exited = f"{units.READY_PROGRAM}: {ready.EXITED}"
+    lines = [line.strip() for line in result.stdout.splitlines() if line.strip() and line.strip() != exited]
     return lines[-1][-300:] if lines else None
 
 
