@@ -7,8 +7,9 @@
    connection's connect() -> first byte of the HTTP answer, the agent stopped before
    (its port still held). Targets: port and HTTP add at most 10 ms p50 over notify.
 2. A cold chain of three agents that each take 1 s to become ready: A -> B -> C,
-   the reference agent with --start-seconds 1 (notify, native), every one stopped,
-   then one {"action": "chain"} to A. Run with this checkout's agentkit and, with
+   ordinary programs (bench/programs/sleepy_relay.py: waits 1 s, listens, READY=1,
+   answers with its name after its upstream's) behind the proxy, every one stopped,
+   then one HTTP request to A, answered "A <- B <- C". Run with this checkout's agentkit and, with
    --baseline BIN, with another agentkit (the one before parallel starts) on the
    same manifest, in the same session. Target: within 1.3 s.
 
@@ -35,11 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import zmq
-
 REPO = Path(__file__).resolve().parent.parent
 HERE_BIN = Path(sys.prefix) / "bin"
 TINY = REPO / "bench" / "programs" / "tiny_http.py"
+RELAY = REPO / "bench" / "programs" / "sleepy_relay.py"
 MAX_ROUNDS = 30
 TIMEOUT = 20.0
 KINDS = {  # name -> (port, ready setting)
@@ -68,7 +68,7 @@ def stats(seconds: list[float]) -> dict:
             "max_ms": round(max(ms), 1)}
 
 
-def manifests(root: Path, tiny: str) -> tuple[Path, Path]:
+def manifests(root: Path, tiny: str, relay: str) -> tuple[Path, Path]:
     """(the readiness fleet, the chain fleet), written under root."""
     kinds = root / "kinds"
     kinds.mkdir(parents=True)
@@ -80,7 +80,7 @@ def manifests(root: Path, tiny: str) -> tuple[Path, Path]:
     port: {port}
     ready: {ready}
     idle_stop: 10min
-    restart: {{burst: 1000, interval: 1s}}
+    restart: {{delay: 10ms, burst: 200, interval: 10s}}
 """ for name, (port, ready) in KINDS.items())
     (kinds / "lab.yaml").write_text("host: lab\nagents:\n" + agents)
     chain = root / "chain"
@@ -88,14 +88,18 @@ def manifests(root: Path, tiny: str) -> tuple[Path, Path]:
     (chain / "fleet.yaml").write_text("name: chain\nhosts:\n  lab: {address: 127.0.0.1}\n")
     entries = []
     for i, (name, port) in enumerate(CHAIN):
-        deps = f"    depends_on: [{CHAIN[i + 1][0]}]\n" if i + 1 < len(CHAIN) else ""
+        nxt = CHAIN[i + 1] if i + 1 < len(CHAIN) else None
+        # Literal private ports (port + 20000, the default offset): an agentkit without {port} runs it too.
+        upstream = f", \"{nxt[1]}\"" if nxt else ""
+        deps = f"    depends_on: [{nxt[0]}]\n" if nxt else ""
         entries.append(f"""\
   {name}:
-    command: [agentkit-agent, --start-seconds, "1"]
+    activation: proxy
+    command: [{relay}, {name}, "{port + 20000}", "1"{upstream}]
     service_type: notify
     port: {port}
     idle_stop: 10min
-    restart: {{burst: 1000, interval: 1s}}
+    restart: {{delay: 10ms, burst: 200, interval: 10s}}
 {deps}""")
     (chain / "lab.yaml").write_text("host: lab\nagents:\n" + "".join(entries))
     return kinds, chain
@@ -111,21 +115,21 @@ def http_first_byte(port: int) -> float:
     return time.monotonic() - began
 
 
-def zmq_chain(port: int) -> float:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, int(TIMEOUT * 1000))
+def chain_answer(port: int) -> float:
     began = time.monotonic()
-    try:
-        sock.connect(f"tcp://127.0.0.1:{port}")
-        sock.send_json({"action": "chain"})
-        reply = sock.recv_json()
-    finally:
-        sock.close()
-    if not reply.get("ok") or reply["deps"][0]["deps"][0]["agent"] != "C":
-        raise RuntimeError(f"chain reply: {reply}")
-    return time.monotonic() - began
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    took = time.monotonic() - began
+    if not data.endswith(b"A <- B <- C"):
+        raise RuntimeError(f"the chain answered {data[-80:]!r}")
+    return took
 
 
 # --- systemd --------------------------------------------------------------------------
@@ -147,8 +151,8 @@ class SystemdLab:
         if result.returncode != 0:
             raise RuntimeError(f"install failed:\n{result.stdout}\n{result.stderr}")
 
-    def stop(self, *names: str) -> None:
-        units = [f"agentkit-{n}.service" for n in names] + [f"agentkit-{n}-proxy.service" for n in names]
+    def stop(self, *names: str, proxied: bool = True) -> None:
+        units = [f"agentkit-{n}.service" for n in names] + [f"agentkit-{n}-proxy.service" for n in names if proxied]
         self.c.systemctl("stop", *units)
         self.c.systemctl("reset-failed", *units, check=False)
 
@@ -158,10 +162,13 @@ def run_systemd(args, kinds: Path, chain: Path, report: dict) -> None:
     missing = container_mod.requirements_missing()
     if missing:
         raise SystemExit(f"systemd: {missing}")
-    binds = [str(kinds.parent)] + [str(p.parent) for p in (HERE_BIN, args.baseline) if p is not None]
+    # The other agentkit's venv, and its checkout when it is an editable install there.
+    binds = [str(kinds.parent), str(HERE_BIN.parent)] + (
+        [str(args.baseline.parent.parent)] if args.baseline else [])
     versions = [("this", HERE_BIN)] + ([("baseline", args.baseline)] if args.baseline else [])
     with container_mod.SystemdContainer(hostname="lab", bind_ro=binds, start=False) as c:
         c.write_file("/srv/bench/tiny_http.py", TINY.read_text(), 0o755)
+        c.write_file("/srv/bench/sleepy_relay.py", RELAY.read_text(), 0o755)
         lab = SystemdLab(c, HERE_BIN)
         lab.install(str(kinds))
         report["systemd"] = {"kinds": measure_kinds(lambda name: lab.stop(name), args.rounds)}
@@ -227,13 +234,13 @@ def measure_kinds(stop, rounds: int) -> dict:
 
 
 def measure_chain(stop, rounds: int) -> dict:
-    zmq_chain(CHAIN[0][1])
+    chain_answer(CHAIN[0][1])
     samples = []
     for _ in range(max(1, rounds // 3)):
         stop()
-        samples.append(zmq_chain(CHAIN[0][1]))
+        samples.append(chain_answer(CHAIN[0][1]))
     row = stats(samples)
-    say(f"  cold chain A -> B -> C, 1 s each: p50 {row['p50_ms']:.0f} ms, max {row['max_ms']:.0f} ms")
+    say(f"  cold chain A -> B -> C, 1 s load each: p50 {row['p50_ms']:.0f} ms, max {row['max_ms']:.0f} ms")
     return row
 
 
@@ -276,15 +283,15 @@ def main(argv=None) -> int:
             say(f"{backend}:")
             # The program must be where the backend's agents can run it: /srv/bench in the
             # container (the sandbox hides /tmp), else beside the manifests.
-            tiny = "/srv/bench/tiny_http.py"
-            if backend == "supervisord":
-                tiny = os.path.join(tmp, backend, "tiny_http.py")
-            kinds, chain = manifests(Path(tmp) / backend, tiny)
+            where = "/srv/bench" if backend == "systemd" else os.path.join(tmp, backend)
+            tiny, relay = os.path.join(where, TINY.name), os.path.join(where, RELAY.name)
+            kinds, chain = manifests(Path(tmp) / backend, tiny, relay)
             if backend == "supervisord":
                 shutil.copy(TINY, tiny)
+                shutil.copy(RELAY, relay)
             try:
                 (run_systemd if backend == "systemd" else run_supervisord)(args, kinds, chain, report)
-            except (RuntimeError, OSError, zmq.ZMQError) as exc:
+            except (RuntimeError, OSError) as exc:
                 say(f"{backend}: FAILED: {exc}")
                 failed = True
     for line in verdicts(report):

@@ -16,6 +16,8 @@ import os
 import pwd
 import shutil
 import stat
+import sys
+import sysconfig
 from typing import Iterable, Iterator
 
 from . import units
@@ -41,6 +43,18 @@ def find(program: str, bin_dir: str, search_path: str | None = None) -> str | No
 def resolve(command: tuple[str, ...], bin_dir: str) -> tuple[str, ...]:
     """The command with its program as an absolute path (in the bin dir when it is nowhere: check() says so)."""
     return (find(command[0], bin_dir) or os.path.join(bin_dir, command[0]),) + tuple(command[1:])
+
+
+def ready_probe(bin_dir: str) -> list[str]:
+    """How a unit runs agentkit-ready. For this machine's own agentkit (bin_dir is its bin
+    directory): its interpreter on ready.py with -S -I, which skips site-packages (the
+    console script's imports cost some 20 ms more, on every cold start); else the program
+    in bin_dir, as for every agentkit program rendered for another machine."""
+    from . import ready
+
+    if os.path.realpath(bin_dir) == os.path.realpath(sysconfig.get_path("scripts")) and sys.executable:
+        return [sys.executable, "-S", "-I", os.path.abspath(ready.__file__)]
+    return [os.path.join(bin_dir, units.READY_PROGRAM)]
 
 
 def _executable(path: str) -> bool:

@@ -7,16 +7,16 @@ gives up after --timeout (the agent's start_timeout, which systemd enforces
 too) and says what it saw last. supervisord's `up` uses the same probes for the
 essential agents, the activator their asyncio twins for the optional ones.
 
-It imports nothing beyond the standard library's sockets: it starts beside the
-agent on every cold start, and its own start must not be what the client waits for.
+It imports nothing beyond the standard library's sockets (subprocess only for a
+command probe, no argparse) and runs as `python3 -S -I ready.py` where it can: it
+starts beside the agent on every cold start, and its own start must not be what
+the client waits for.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
-import subprocess
 import sys
 import time
 
@@ -39,9 +39,21 @@ def http_status(head: bytes) -> int | None:
     return None
 
 
+def _connect(host: str, port: int, timeout: float) -> socket.socket:
+    # An IP address as bytes: no name lookup, and no import of the idna codec for it.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((host.encode("ascii"), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def port_ready(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
     try:
-        with socket.create_connection((host, port), timeout=timeout):
+        with _connect(host, port, timeout):
             return True, f"{host}:{port} accepts connections"
     except OSError as exc:
         return False, f"{host}:{port}: {exc.strerror or exc}"
@@ -50,7 +62,7 @@ def port_ready(host: str, port: int, timeout: float = 1.0) -> tuple[bool, str]:
 def http_ready(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[bool, str]:
     url = f"http://{host}:{port}{path}"
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with _connect(host, port, timeout) as sock:
             sock.sendall(http_request(host, path))
             head = b""
             while b"\r\n" not in head and len(head) < 4096:
@@ -67,6 +79,8 @@ def http_ready(host: str, port: int, path: str, timeout: float = 2.0) -> tuple[b
 
 
 def command_ready(argv: list[str], timeout: float) -> tuple[bool, str]:
+    import subprocess  # ~5 ms: only for command probes
+
     try:
         done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=timeout)
@@ -122,38 +136,50 @@ def probe_for(kind: str, host: str, port: int, path: str | None = None, argv: li
     raise ValueError(f"no probe for readiness {kind!r}")
 
 
+USAGE = (f"usage: {PROG} --timeout SECONDS (--port HOST:PORT | --http HOST:PORT PATH | --command PROGRAM [ARG...])\n"
+         "Wait until an agent is ready, or time out (exit 1).")
+
+
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
     return host.strip("[]"), int(port)
 
 
+def parse(argv: list[str]):
+    """(timeout, probe, interval) from the command line; ValueError says what is wrong."""
+    if len(argv) < 4 or argv[0] != "--timeout":
+        raise ValueError("--timeout SECONDS comes first, then one probe")
+    timeout = float(argv[1])
+    kind, rest = argv[2], argv[3:]
+    if kind == "--port" and len(rest) == 1:
+        return (timeout,) + probe_for("port", *_address(rest[0]))
+    if kind == "--http" and len(rest) == 2 and rest[1].startswith("/"):
+        return (timeout,) + probe_for("http", *_address(rest[0]), path=rest[1])
+    if kind == "--command" and rest:
+        return (timeout,) + probe_for("command", "", 0, argv=rest, timeout=timeout)
+    raise ValueError(f"unknown probe {' '.join(argv[2:])!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description="Wait until an agent is ready, or time out.")
-    parser.add_argument("--timeout", type=float, required=True, metavar="SECONDS")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--port", type=_address, metavar="HOST:PORT", help="ready when HOST:PORT accepts a connection")
-    what.add_argument("--http", nargs=2, metavar=("HOST:PORT", "PATH"), help="ready when PATH answers 2xx")
-    what.add_argument("--command", nargs=argparse.REMAINDER, help="ready when this command exits 0")
-    args = parser.parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    if args in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
+    try:
+        timeout, probe, interval = parse(args)
+    except ValueError as exc:
+        print(f"{PROG}: {exc}\n{USAGE}", file=sys.stderr)
+        return 2
     began = time.monotonic()
-    if args.port:
-        probe, interval = probe_for("port", *args.port)
-    elif args.http:
-        probe, interval = probe_for("http", *_address(args.http[0]), path=args.http[1])
-    else:
-        if not args.command:
-            parser.error("--command needs the command to run")
-        probe, interval = probe_for("command", "", 0, argv=args.command, timeout=args.timeout)
     main_pid = os.environ.get("MAINPID", "")  # systemd tells its control processes the main PID
-    ok, said = wait(probe, args.timeout, interval, int(main_pid) if main_pid.isdigit() else None)
+    ok, said = wait(probe, timeout, interval, int(main_pid) if main_pid.isdigit() else None)
     took = time.monotonic() - began
     if ok:
         print(f"{PROG}: ready after {took * 1000:.0f} ms: {said}", file=sys.stderr)
         return 0
-    print(f"{PROG}: {said}" if said == EXITED else f"{PROG}: not ready within {args.timeout:g} s: {said}",
-          file=sys.stderr)
+    print(f"{PROG}: {said}" if said == EXITED else f"{PROG}: not ready within {timeout:g} s: {said}", file=sys.stderr)
     return 1
 
 

@@ -41,7 +41,7 @@ def ready_command(agent, bin_dir: str) -> str | None:
     ready = agent.ready
     if ready.kind in ("notify", "started"):
         return None
-    probe = [os.path.join(bin_dir, units.READY_PROGRAM), "--timeout", f"{values.seconds(agent.start_timeout):g}"]
+    probe = programs.ready_probe(bin_dir) + ["--timeout", f"{values.seconds(agent.start_timeout):g}"]
     port = contract.listen_port(agent)
     if ready.kind == "port":
         return "+" + escape.systemd_exec(probe + ["--port", contract.loopback(port)])
@@ -56,8 +56,9 @@ def dependencies(agent, on_host: dict) -> tuple[list[str], list[str]]:
     An essential dependency runs already: Requires= and After= its service. An optional one
     sits behind its socket, which holds the way until the dependency is ready (native: it
     accepts only then; proxy: the proxy starts after the agent is active): the unit needs
-    the socket (Requires= and After=) and wants the service without waiting for it, so a
-    cold chain starts all its members at once and costs its slowest, not the sum."""
+    the socket (Requires= and After=) and wants the service (or its proxy, which needs the
+    service) without waiting for it, so a cold chain starts all its members at once and costs
+    its slowest, not the sum."""
     requires, wants = [], []
     for name in agent.depends_on:
         dep = on_host.get(name)
@@ -67,7 +68,12 @@ def dependencies(agent, on_host: dict) -> tuple[list[str], list[str]]:
             requires.append(units.service(name))
         else:
             requires.append(units.socket(name, dep.activation))
+            # Behind a proxy, the proxy too: when the dependant first calls, its way through is up
+            # already instead of starting then. Wanting the service itself keeps it up while the
+            # dependant runs (StopWhenUnneeded= counts Wants=), as the activator does.
             wants.append(units.service(name))
+            if dep.activation == "proxy":
+                wants.append(units.proxy(name))
     return requires, wants
 
 

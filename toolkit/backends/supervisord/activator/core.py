@@ -133,9 +133,10 @@ class Activator:
         # The dependencies start beside the agent, not before it: their public ports are ours,
         # so a request of the agent's waits in their Link until each is ready. A cold chain
         # costs its slowest member, not the sum.
+        # Each is asked, ready or not: a dependency that crashed or was stopped behind our back
+        # still looks ready here, and would otherwise start only when the first request reaches it.
         for dep in agent.deps:
-            if not dep.ready:
-                self.spawn(self._start_dependency(agent, dep))
+            self.spawn(self._start_dependency(agent, dep))
         async with agent.lock:
             loop = asyncio.get_running_loop()
             began = loop.time()
