@@ -45,3 +45,14 @@ def test_supervisord_fleet_benchmark_runs():
     report = json.loads(result.stdout)
     assert report["failures"] == []
     assert report["summary"]["agent cold"]["n"] == 53 and report["summary"]["chain"]["n"] == 1
+
+
+def test_readiness_benchmark_runs_under_supervisord():
+    """Every readiness kind starts and answers, and the chain answers through all three links."""
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "readiness.py"), "--backend", "supervisord",
+                             "--rounds", "2", "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)["supervisord"]
+    assert {kind: row["n"] for kind, row in report["kinds"].items()} == {"notify": 2, "port": 2, "http": 2,
+                                                                          "command": 2}
+    assert report["chain"]["this"]["n"] == 1

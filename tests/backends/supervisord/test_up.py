@@ -89,7 +89,9 @@ def test_up_runs_the_fleet_and_a_request_wakes_a_dormant_chain(lab):
     root, state = lab
     result = run("up", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state), manifest=root)
     assert "lab: 1/1 essential agents running, 4 optional agents dormant" in result.stdout
-    assert "try next:" in result.stdout and "agentkit call Top --action chain" in result.stdout
+    # The try-next lines work pasted: they repeat the -m, --backend and --state-dir up was given.
+    assert "try next:" in result.stdout and f"agentkit -m {root} call Top --action chain" in result.stdout
+    assert f"agentkit -m {root} down --backend supervisord --state-dir {state}" in result.stdout
     assert oct((state / "supervisor.sock").stat().st_mode & 0o777) == "0o700"
     states = status(root, state)
     assert {n: s["state"] for n, s in states.items()} == {
@@ -126,7 +128,9 @@ def test_a_crash_looping_agent_is_given_up_on_and_reported(lab):
     root, state = lab
     run("up", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state), manifest=root)
     failed = run("call", "Crashy", "--timeout", "20", manifest=root, check=False)
-    assert failed.returncode == 1 and "did not answer" in failed.stderr
+    assert failed.returncode == 1 and "accepted the connection, but no ZeroMQ answer came" in failed.stderr
+    # ... and what supervisord knows: the agent's state and its own last line.
+    assert "Crashy is " in failed.stderr and "exiting with status 1 at start" in failed.stderr, failed.stderr
     crashy = wait_for(lambda: (s := status(root, state)["Crashy"])["state"] == "failed" and s, "Crashy to be given up on")
     assert crashy["detail"].startswith("FATAL: start limit hit")
     result = run("status", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state), manifest=root,
