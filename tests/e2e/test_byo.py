@@ -7,15 +7,13 @@ The programs live in the container's own /srv (what a user installs under /opt o
 
 from __future__ import annotations
 
-import http.client
 import shutil
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import wait_for
+from helpers import clients_during_start, http_get as get, wait_for
 
 from . import test_fleet
 from .test_fleet import install, show, status
@@ -54,17 +52,6 @@ def manifest(container, agents: str, fleet: str = "") -> str:
         """) + textwrap.dedent(fleet))
     container.write_file("/srv/lab-agents/lab.yaml", "host: lab\nagents:\n" + textwrap.indent(textwrap.dedent(agents), "  "))
     return "/srv/lab-agents"
-
-
-def get(port: int, path: str = "/", timeout: float = 30.0) -> tuple[int, bytes]:
-    """One HTTP GET on a fresh connection, as curl does."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        answer = conn.getresponse()
-        return answer.status, answer.read()
-    finally:
-        conn.close()
 
 
 def monotonic(container, unit: str, prop: str) -> int:
@@ -110,23 +97,7 @@ def test_twenty_clients_during_a_slow_start_all_get_the_ready_answer(container_f
           idle_stop: 5min
         """)
     install(container, Path(root), "lab")
-    answers: list[tuple[int, bytes] | str] = [""] * 20
-
-    def client(i: int) -> None:
-        time.sleep(i * 0.05)  # all 20 within the first second of the 3 s load
-        try:
-            answers[i] = get(17301, "/", timeout=30)
-        except Exception as exc:  # recorded, asserted below
-            answers[i] = repr(exc)
-
-    began = time.monotonic()
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    took = time.monotonic() - began
-    assert not any(t.is_alive() for t in threads)
+    answers, took = clients_during_start(17301)
     assert all(isinstance(a, tuple) and a[0] == 200 and a[1].startswith(b"ready") for a in answers), answers
     assert len({a[1] for a in answers}) == 1  # one process answered them all
     assert took >= 2.5, f"answered after {took:.1f} s: before the server had loaded"
