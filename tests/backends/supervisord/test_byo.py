@@ -14,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -22,19 +21,12 @@ from pathlib import Path
 import pytest
 
 from .harness import free_ports
+from .test_up import run
 from helpers import clients_during_start, http_get as get, wait_for
 
-AGENTKIT = str(Path(sys.executable).parent / "agentkit")
 REPO = Path(__file__).resolve().parents[3]
 PROGRAMS = REPO / "tests" / "e2e" / "programs"
 SLOW = str(PROGRAMS / "slow_health.py")
-
-
-def run(*args: str, manifest: Path, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
-    result = subprocess.run([AGENTKIT, "-m", str(manifest), *args], capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"agentkit {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.fixture
