@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -185,3 +186,23 @@ def test_idle_stop_wake_again_a_crash_under_traffic_and_a_program_that_exits_at_
     call = run("call", "Broken", manifest=root, check=False)
     assert call.returncode == 1
     assert "closed it without an answer" in call.stderr and "cannot load /models/x.gguf" in call.stderr, call.stderr
+
+
+def test_uvicorn_runs_behind_the_activator(fleet):
+    """uvicorn cannot adopt a socket here (supervisord hands none over: `--fd 3` is systemd's
+    native mode), so it listens on {port}, the private port the activator forwards to."""
+    uvicorn = Path(sys.executable).parent / "uvicorn"
+    if not uvicorn.exists():
+        pytest.fail(f"uvicorn is not installed beside {sys.executable} (the test extras include it)")
+    port, private = free_ports(2)
+    root, state = fleet(f"""\
+        Asgi:
+          activation: proxy
+          command: [uvicorn, --host, 127.0.0.1, --port, "{{port}}", --app-dir, {PROGRAMS}, asgi_app:app]
+          port: {port}
+          ready: {{http: /}}
+        """, private - port)
+    up(root, state)
+    assert states(root, state)["Asgi"]["state"] == "dormant"
+    code, body = get(port)
+    assert code == 200 and body.startswith(b"asgi "), body
