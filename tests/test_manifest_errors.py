@@ -853,19 +853,33 @@ def test_readiness_problems_name_the_setting_and_the_fix(problems):
         T:
           port: 8
           command: [python3, -m, http.server, "{port}"]
+        U:
+          port: 9
+          activation: proxy
+          ready: started
+        V:
+          port: 10
+          service_type: exec
+          ready: notify
         """)}) == [
         "agents/g.yaml:10: agents.N.ready: a native agent's port is its socket's, which accepts before the agent "
         "runs: ready: port would say nothing (use notify, started, {http: /path} or {command: [argv]}, or "
         "activation: proxy)",
         "agents/g.yaml:14: agents.S.service_type: service_type: notify waits for READY=1, but ready is http: leave "
         "service_type out (or say ready: notify)",
-        "agents/g.yaml:18: agents.H.ready: http: expected a path that starts with '/', without spaces, got 'health'",
+        "agents/g.yaml:18: agents.H.ready: http: expected a path that starts with '/', in ASCII without spaces "
+        "(percent-encode the rest), got 'health'",
         "agents/g.yaml:21: agents.C.ready: expected the command as a list of words (argv), got 'test -e /x'",
         "agents/g.yaml:24: agents.W.ready: expected notify, started, port, {http: /path} or {command: [argv]}, "
         "got 'soon'",
         "agents/g.yaml:27: agents.T.command: a native agent adopts the socket's fd and binds no port, so {port} in "
         "its command would name the port the socket holds: use activation: proxy for a program that listens on a "
         "port of its own",
+        "agents/g.yaml:31: agents.U.ready: behind the proxy, started would let it connect before the program "
+        "listens, and clients would get an empty reply: use port (the default), {http: /path}, {command: [argv]} "
+        "or notify",
+        "agents/g.yaml:34: agents.V.service_type: ready: notify needs Type=notify, but service_type is exec: leave "
+        "service_type out",
     ]
 
 

@@ -86,3 +86,32 @@ def test_a_directory_others_may_not_enter_is_the_one_named():
         assert programs._denied(str(tool), None, set(), script=False) is None
     finally:
         shutil.rmtree(base)
+
+
+def test_a_venvs_own_interpreter_is_not_taken_for_the_hosts(tmp_path, monkeypatch):
+    bin_dir, host_bin = tmp_path / "venv-bin", tmp_path / "usr-bin"
+    for directory in (bin_dir, host_bin):
+        directory.mkdir()
+        for name in ("python3", "pip"):
+            (directory / name).write_text("#!/bin/sh\n")
+            (directory / name).chmod(0o755)
+    monkeypatch.setenv("PATH", str(host_bin))
+    assert programs.find("python3", str(bin_dir)) == str(host_bin / "python3")
+    assert programs.find("pip", str(bin_dir)) == str(host_bin / "pip")
+
+
+def test_a_scripts_hidden_interpreter_is_named(tmp_path):
+    interpreter = tmp_path / "python"  # under /tmp: hidden from the agent
+    interpreter.write_text("#!/bin/sh\n")
+    interpreter.chmod(0o755)
+    place = Path(tempfile.mkdtemp(prefix="agentkit-test-", dir="/opt"))
+    try:
+        place.chmod(0o755)
+        script = place / "tool"
+        script.write_text(f"#!{interpreter}\n")
+        script.chmod(0o755)
+        (issue,) = programs.check([agent(command=(str(script),))], "/nowhere", sandboxed=True)
+        assert issue.message.startswith(f"{interpreter}, the interpreter of {script}, is under /tmp "
+                                        "(PrivateTmp=yes)"), issue.message
+    finally:
+        shutil.rmtree(place)

@@ -190,6 +190,11 @@ def _options(m: Manifest | None, bin_dir: str | None = None, **kwargs) -> Option
     return Options(bin_dir=bin_dir or default_bin_dir(), several=m is not None and len(m.hosts) > 1, **kwargs)
 
 
+programs_option = click.option("--programs/--no-programs", "check_programs", default=True, show_default=True,
+                               help="Check the agents' programs as this machine would run them (--no-programs: "
+                                    "the manifest is for other machines).")
+
+
 def _check_programs(m: Manifest, backend: Backend, hosts: list[str], profile: str | None, options: Options,
                     every: bool = False) -> None:
     """The programs of the hosts' agents (every agent's, or the profile's) run here as `backend`
@@ -203,14 +208,16 @@ def _check_programs(m: Manifest, backend: Backend, hosts: list[str], profile: st
 @host_option
 @auto_backend_option
 @bin_dir_option
+@programs_option
 @click.pass_obj
-def validate(obj: Context, hosts, backend, bin_dir) -> None:
+def validate(obj: Context, hosts, backend, bin_dir, check_programs) -> None:
     """Check the manifest for every backend, and the programs of this machine's hosts; print every
     problem as FILE:LINE: key: message."""
     m = obj.manifest
     backend = backends.choose(backend)
     chosen = _hosts(m, hosts) if hosts else _hosts_here(m, (), backends.get("supervisord"))[0]
-    _check_programs(m, backend, chosen, None, _options(m, bin_dir), every=True)
+    if check_programs:
+        _check_programs(m, backend, chosen, None, _options(m, bin_dir), every=True)
     essential = sum(a.essential for a in m.agents.values())
     click.echo(f"{m.root}: {len(m.agents)} agent{'s' if len(m.agents) != 1 else ''} on {len(m.hosts)} "
                f"host{'s' if len(m.hosts) != 1 else ''} "
@@ -231,14 +238,15 @@ def validate(obj: Context, hosts, backend, bin_dir) -> None:
 @state_dir_option
 @bin_dir_option
 @templates_option
+@programs_option
 @click.pass_obj
-def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, templates) -> None:
+def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, templates, check_programs) -> None:
     """Write the systemd units (or supervisord configuration) of each host into OUT/<host>/."""
     m = obj.manifest
     chosen = _hosts(m, hosts)
     backend = backends.get(backend)
     options = _options(m, bin_dir, templates=templates, state_dir=state_dir)
-    here = os.path.isdir(options.bin_dir)  # else a render for another machine, where agentkit lives in --bin-dir
+    here = check_programs and os.path.isdir(options.bin_dir)  # else for another machine (--bin-dir there)
     if here:
         _check_programs(m, backend, chosen, profile, options)
     plans = {host: backend.plan(m, host, profile, options) for host in chosen}
@@ -250,7 +258,8 @@ def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, t
         files.replace_tree(target, planned, ours)
         click.echo(f"{target}/: {output.file_counts(planned)}")
     if not here:
-        click.echo(f"programs not checked: the bin directory {options.bin_dir} is not on this machine", err=True)
+        click.echo("programs not checked: " + ("--no-programs" if not check_programs else
+                                               f"the bin directory {options.bin_dir} is not on this machine"), err=True)
 
 
 @cli.command()

@@ -77,6 +77,10 @@ def http_request(name: str, port: int, method: str, path: str, body: bytes | Non
     except http.client.BadStatusLine as exc:
         raise CallFailed(f"{name} ({host}:{port}): the answer is not HTTP ({str(exc)[:60]!r}); "
                          "--protocol zmq or tcp?") from None
+    except http.client.HTTPException as exc:  # a broken answer: cut short, a header too long, ...
+        raise CallFailed(f"{name} ({host}:{port}): the HTTP answer is broken: {type(exc).__name__}: {exc}") from None
+    except ValueError as exc:  # what http.client refuses to send: a path with spaces, a bad method
+        raise CallFailed(f"{name}: cannot send that request: {exc}") from None
     except OSError as exc:
         raise CallFailed(f"{name} ({host}:{port}): the connection failed: {exc.strerror or exc}") from None
     finally:

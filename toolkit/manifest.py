@@ -505,7 +505,14 @@ def _readiness(check: _Checker, doc: Document, path: tuple, merged: dict, own: d
             return service_type, Readiness("notify")
         return service_type, Readiness("started" if activation == "native" else "port")
     if ready.kind == "notify":
+        if "service_type" in own and service_type != "notify":
+            check.add(doc, own["service_type"][2], f"ready: notify needs Type=notify, but service_type is "
+                      f"{service_type}: leave service_type out")
         return "notify", ready
+    if activation == "proxy" and ready.kind == "started":
+        check.add(doc, path + ("ready",), "behind the proxy, started would let it connect before the program "
+                  "listens, and clients would get an empty reply: use port (the default), {http: /path}, "
+                  "{command: [argv]} or notify")
     if activation == "native" and ready.kind == "port":
         check.add(doc, path + ("ready",), "a native agent's port is its socket's, which accepts before "
                   "the agent runs: ready: port would say nothing (use notify, started, {http: /path} or "

@@ -172,8 +172,10 @@ def readiness(value: Any) -> Readiness:
     if isinstance(value, dict) and len(value) == 1:
         ((key, item),) = value.items()
         if key == "http":
-            if not isinstance(item, str) or not item.startswith("/") or CONTROL.search(item) or " " in item:
-                raise ValueError(f"http: expected a path that starts with '/', without spaces, got {show(item)}")
+            if (not isinstance(item, str) or not item.startswith("/") or CONTROL.search(item) or " " in item
+                    or not item.isascii()):
+                raise ValueError(f"http: expected a path that starts with '/', in ASCII without spaces "
+                                 f"(percent-encode the rest), got {show(item)}")
             return Readiness("http", item)
         if key == "command":
             return Readiness("command", command=argv(item))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shutil
 import stat
 import sys
@@ -29,12 +30,17 @@ HIDDEN = {"/home": "ProtectHome=yes", "/root": "ProtectHome=yes", "/run/user": "
           "/tmp": "PrivateTmp=yes", "/var/tmp": "PrivateTmp=yes"}
 
 
+# What a virtualenv puts in its bin directory beside agentkit's programs: its interpreter
+# and pip. `python3` in a command means the host's, found on PATH, not agentkit's venv's.
+_VENV_OWN = re.compile(r"^(python|pip)(\d+(\.\d+)?)?$")
+
+
 def find(program: str, bin_dir: str, search_path: str | None = None) -> str | None:
     """The absolute path a program word names, or None when it is nowhere."""
     if program.startswith("/"):
         return program
     own = os.path.join(bin_dir, program)
-    if program in units.OWN_PROGRAMS or _executable(own):
+    if program in units.OWN_PROGRAMS or (not _VENV_OWN.match(program) and _executable(own)):
         return own  # agentkit's own: always beside agentkit, also when rendering for another machine
     found = shutil.which(program, path=os.environ.get("PATH", os.defpath) if search_path is None else search_path)
     return os.path.abspath(found) if found else None
@@ -130,13 +136,23 @@ def check(agents: Iterable[Agent], bin_dir: str, *, sandboxed: bool) -> Iterator
     """Every agent's program (and its readiness command), as this machine would run it.
     `sandboxed`: the backend runs agents in systemd's sandbox (hidden paths, DynamicUser=)."""
     for agent in agents:
-        words = [("command", agent.command)]
+        words = [("command", agent.command[0])]
         if agent.ready.kind == "command":
-            words.append(("ready", agent.ready.command))
-        for key, command in words:
-            problem = _problem(agent, command[0], bin_dir, sandboxed)
+            # agentkit-ready runs as the agent, in its sandbox, to run the agent's probe command.
+            words.append(("ready", agent.ready.command[0]))
+            words.append(("ready", ready_probe(bin_dir)[0]))
+        for key, program in words:
+            problem = _problem(agent, program, bin_dir, sandboxed)
             if problem is not None:
                 yield Issue(agent.name, (key,) if key == "command" else (key, "command"), problem)
+                break
+        else:
+            probe = ready_probe(bin_dir)
+            if agent.ready.kind == "command" and len(probe) > 1 and sandboxed:
+                problem = _sandbox_problem(agent, probe[-1], f"{probe[-1]} (agentkit-ready, run as the agent)",
+                                           script=True)
+                if problem is not None:
+                    yield Issue(agent.name, ("ready", "command"), problem)
 
 
 def _problem(agent: Agent, program: str, bin_dir: str, sandboxed: bool) -> str | None:
@@ -148,21 +164,30 @@ def _problem(agent: Agent, program: str, bin_dir: str, sandboxed: bool) -> str |
         return f"{path} does not exist" + ("" if program.startswith("/") else f" (found for {program!r})")
     if not _executable(path):
         return f"{path} is not an executable file (chmod +x, or name the program that runs it)"
-    if not (sandboxed and agent.sandbox or sandboxed and agent.user):
+    if not sandboxed:
         return None  # supervisord runs every agent as its own user, who can run it (checked above)
-    runs_as = _user(agent)
     interpreter = _interpreter(path, SERVICE_PATH)
     for item in [path] + ([interpreter] if interpreter else []):
         what = path if item == path else f"{item}, the interpreter of {path},"
-        real = os.path.realpath(item)
-        for seen in dict.fromkeys((item, real)):
-            hider = hidden_by(seen) if agent.sandbox else None
-            if hider is not None:
-                return (f"{what} is under {hider}, which the sandbox hides from the agent: install it "
-                        "elsewhere (/opt, /usr/local), or set sandbox: false")
-            blocked = None if runs_as is None else _denied(seen, *runs_as, script=item == path and bool(interpreter))
-            if blocked is not None:
-                who = f"user {agent.user}" if agent.user else "its DynamicUser="
-                return (f"{what} cannot be run by {who}: {blocked} is not open to it "
-                        f"(chmod o+rx {blocked}, or install the program elsewhere)")
+        problem = _sandbox_problem(agent, item, what, script=item == path and bool(interpreter))
+        if problem is not None:
+            return problem
+    return None
+
+
+def _sandbox_problem(agent: Agent, path: str, what: str, script: bool) -> str | None:
+    """Why the agent, in its sandbox and as its user, cannot run (or read) `path`, or None."""
+    if not (agent.sandbox or agent.user):
+        return None
+    runs_as = _user(agent)
+    for seen in dict.fromkeys((path, os.path.realpath(path))):
+        hider = hidden_by(seen) if agent.sandbox else None
+        if hider is not None:
+            return (f"{what} is under {hider}, which the sandbox hides from the agent: install it "
+                    "elsewhere (/opt, /usr/local), or set sandbox: false")
+        blocked = None if runs_as is None else _denied(seen, *runs_as, script=script)
+        if blocked is not None:
+            who = f"user {agent.user}" if agent.user else "its DynamicUser="
+            return (f"{what} cannot be run by {who}: {blocked} is not open to it "
+                    f"(chmod o+rx {blocked}, or install the program elsewhere)")
     return None

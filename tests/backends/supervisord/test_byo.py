@@ -95,11 +95,15 @@ def test_the_readme_example_comes_up_with_agentkit_up_and_answers_every_port_col
         assert get(8602)[0] == 200
         code, body = get(8601)
         assert code == 200 and b"doc/" in body
-        call = run("call", "front", "--path", "/", manifest=root)  # up noted where its state is
+        call = run("call", "front", "--path", "/", manifest=root)
         assert "Directory listing for /" in call.stdout and "front answered HTTP 200" in call.stderr
+        # up noted where its state is: status and down without --state-dir find it.
+        listed = run("status", "--backend", "supervisord", manifest=root, check=False)
+        assert listed.returncode == 0 and "files    active" in listed.stdout, listed.stdout + listed.stderr
     finally:
-        down = run("down", "--backend", "supervisord", "--state-dir", str(state), manifest=root, check=False)
+        down = run("down", "--backend", "supervisord", manifest=root, check=False)
     assert down.returncode == 0, down.stderr
+    assert str(state) in down.stdout  # it stopped the supervisord of that state directory
     assert _ports_free(8601, 8602, 8603)
 
 

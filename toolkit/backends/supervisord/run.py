@@ -17,7 +17,7 @@ import xmlrpc.client
 from dataclasses import dataclass
 from typing import Callable
 
-from ... import env as contract, files, graph, proc, programs, ready
+from ... import files, graph, proc, ready, values
 from ...errors import AgentkitError
 from ...model import Manifest
 from ...files import RenderedFile
@@ -86,16 +86,19 @@ class UpResult:
     failed: dict[str, str]
 
 
-def _probes(agents, bin_dir: str, timeout: float) -> dict:
-    """name -> (probe, interval) of each essential agent that says when it is ready (port, http,
-    command); supervisord itself only knows that a process runs."""
+def _probes(agents, bin_dir: str) -> dict:
+    """name -> (probe, interval, start_timeout) of each essential agent, as the activator probes
+    an optional one (render.probe: notify and started become the port probe, supervisord has no
+    sd_notify); supervisord itself only knows that a process runs."""
+    from .render import probe as probe_of
+
     probes = {}
     for agent in agents:
-        kind = agent.ready.kind
-        if agent.essential and kind in ("port", "http", "command"):
-            argv = contract.with_port(programs.resolve(agent.ready.command, bin_dir), agent.port) if kind == "command" \
-                else None
-            probes[agent.name] = ready.probe_for(kind, "127.0.0.1", agent.port, agent.ready.path, argv, timeout)
+        if agent.essential:
+            kind, *rest = probe_of(agent, bin_dir, agent.port)
+            budget = values.seconds(agent.start_timeout)
+            probes[agent.name] = ready.probe_for(kind, "127.0.0.1", agent.port, rest[0] if kind == "http" else None,
+                                                 rest if kind == "command" else None, budget) + (budget,)
     return probes
 
 
@@ -150,11 +153,11 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
         time.sleep(0.1)
     # Then readiness, as systemd's ExecStartPost= probe holds a unit: what up reports as
     # running answers.
-    for name, (probe, interval) in _probes(agents, bin_dir, timeout).items():
+    for name, (probe, interval, budget) in _probes(agents, bin_dir).items():
         if name in failed:
             continue
         pid = (infos.get(name) or {}).get("pid") or None
-        ok, said = ready.wait(probe, max(0.0, deadline - time.monotonic()), interval, pid)
+        ok, said = ready.wait(probe, max(0.0, min(budget, deadline - time.monotonic())), interval, pid)
         if not ok:
             failed[name] = f"running, but not ready: {said}"
     return UpResult(host, state_dir, started, essential, optional, failed)
@@ -183,7 +186,8 @@ def down(state_dir: str, timeout: float = 120.0) -> bool:
                     for info in server.getAllProcessInfo()):
                 break
             time.sleep(0.05)
-    server.shutdown()
+    with contextlib.suppress(xmlrpc.client.Fault):  # SHUTDOWN_STATE: it is stopping already
+        server.shutdown()
     for _ in range(int(timeout / 0.1) + 1):
         if pid is None or not os.path.exists(f"/proc/{pid}"):
             return True

@@ -41,7 +41,10 @@ def ready_command(agent, bin_dir: str) -> str | None:
     ready = agent.ready
     if ready.kind in ("notify", "started"):
         return None
-    probe = programs.ready_probe(bin_dir) + ["--timeout", f"{values.seconds(agent.start_timeout):g}"]
+    # A little under TimeoutStartSec=, which systemd arms anew for ExecStartPost=: the probe, not
+    # systemd's SIGTERM, ends a start that timed out, and its last word reaches the journal.
+    budget = values.seconds(agent.start_timeout)
+    probe = programs.ready_probe(bin_dir) + ["--timeout", f"{max(budget * 0.5, budget - 0.5):g}"]
     port = contract.listen_port(agent)
     if ready.kind == "port":
         return "+" + escape.systemd_exec(probe + ["--port", contract.loopback(port)])
