@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import shlex
 import subprocess
+from typing import Collection
 
 from .errors import AgentkitError
 
 log = logging.getLogger("agentkit.proc")
 TAIL_LINES = 10  # of a failed command's output, in its error
+LAST_WORDS = 300  # characters from the end of a program's last line, where a status or a log line quotes it
 
 
 class CommandError(AgentkitError):
@@ -36,3 +38,10 @@ def run(argv: list[str], *, timeout: float, check: bool = True) -> subprocess.Co
     if check and result.returncode != 0:
         raise CommandError(argv, f"exit status {result.returncode}", result.stderr or result.stdout)
     return result
+
+
+def last_line(text: str, skip: Collection[str] = ()) -> str | None:
+    """A program's last words: the last non-blank line of its output (but those in `skip`),
+    at most LAST_WORDS characters from its end; None when it said nothing."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and line.strip() not in skip]
+    return lines[-1][-LAST_WORDS:] if lines else None

@@ -21,7 +21,7 @@ import sys
 import sysconfig
 from typing import Iterable, Iterator
 
-from . import units
+from . import env as contract, units
 from .checks import Issue
 from .model import Agent
 
@@ -49,6 +49,11 @@ def find(program: str, bin_dir: str, search_path: str | None = None) -> str | No
 def resolve(command: tuple[str, ...], bin_dir: str) -> tuple[str, ...]:
     """The command with its program as an absolute path (in the bin dir when it is nowhere: check() says so)."""
     return (find(command[0], bin_dir) or os.path.join(bin_dir, command[0]),) + tuple(command[1:])
+
+
+def argv(command: tuple[str, ...], bin_dir: str, port: int) -> tuple[str, ...]:
+    """A command as a backend runs it: its program found, each {port} the port it listens on."""
+    return contract.with_port(resolve(command, bin_dir), port)
 
 
 def ready_probe(bin_dir: str) -> list[str]:
@@ -135,19 +140,19 @@ def _user(agent: Agent) -> tuple[int | None, set[int]] | None:
 def check(agents: Iterable[Agent], bin_dir: str, *, sandboxed: bool) -> Iterator[Issue]:
     """Every agent's program (and its readiness command), as this machine would run it.
     `sandboxed`: the backend runs agents in systemd's sandbox (hidden paths, DynamicUser=)."""
+    probe = ready_probe(bin_dir)
     for agent in agents:
         words = [("command", agent.command[0])]
         if agent.ready.kind == "command":
             # agentkit-ready runs as the agent, in its sandbox, to run the agent's probe command.
             words.append(("ready", agent.ready.command[0]))
-            words.append(("ready", ready_probe(bin_dir)[0]))
+            words.append(("ready", probe[0]))
         for key, program in words:
             problem = _problem(agent, program, bin_dir, sandboxed)
             if problem is not None:
                 yield Issue(agent.name, (key,) if key == "command" else (key, "command"), problem)
                 break
         else:
-            probe = ready_probe(bin_dir)
             if agent.ready.kind == "command" and len(probe) > 1 and sandboxed:
                 problem = _sandbox_problem(agent, probe[-1], f"{probe[-1]} (agentkit-ready, run as the agent)",
                                            script=True)

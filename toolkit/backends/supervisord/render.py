@@ -259,7 +259,7 @@ def probe(agent: Agent, bin_dir: str, port: int) -> tuple[str, ...]:
     if ready.kind == "http":
         return ("http", ready.path)
     if ready.kind == "command":
-        return ("command",) + contract.with_port(programs.resolve(ready.command, bin_dir), port)
+        return ("command",) + programs.argv(ready.command, bin_dir, port)
     return ("port",)
 
 
@@ -298,8 +298,8 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
         entries.append({
             "name": agent.name,
             "essential": agent.essential,
-            "command": command_value(contract.with_port(programs.resolve(agent.command, bin_dir),
-                                                        privates.get(agent.name, agent.port))),
+            "command": command_value(programs.argv(agent.command, bin_dir,
+                                                   contract.listen_port(agent, privates.get(agent.name)))),
             "environment": environment_value(supervised_environment(manifest, agent, privates.get(agent.name)),
                                              f"{where}: environment"),
             "priority": PRIORITY_BASE + order[agent.name],

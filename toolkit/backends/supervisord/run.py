@@ -207,8 +207,7 @@ def _last_words(state_dir: str, program: str) -> str | None:
         text, _, _ = rpc(state_dir).supervisor.tailProcessStdoutLog(program, 0, 4096)
     except (OSError, xmlrpc.client.Error):
         return None
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else None
+    return proc.last_line(text)
 
 
 def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) -> list[AgentStatus]:

@@ -146,9 +146,7 @@ def last_words(unit: str) -> str | None:
     except proc.CommandError:
         return None
     # agentkit-ready's "the program exited" says less than the program's own last line.
-    exited = f"{units.READY_PROGRAM}: {ready.EXITED}"
-    lines = [line.strip() for line in result.stdout.splitlines() if line.strip() and line.strip() != exited]
-    return lines[-1][-300:] if lines else None
+    return proc.last_line(result.stdout, skip={f"{units.READY_PROGRAM}: {ready.EXITED}"})
 
 
 async def apply(root: str, host: str, profile: str, planned: list[RenderedFile], *, force: bool = False,

@@ -50,7 +50,7 @@ def ready_command(agent, bin_dir: str) -> str | None:
         return "+" + escape.systemd_exec(probe + ["--port", contract.loopback(port)])
     if ready.kind == "http":
         return "+" + escape.systemd_exec(probe + ["--http", contract.loopback(port), ready.path])
-    return escape.systemd_exec(probe + ["--command", *contract.with_port(programs.resolve(ready.command, bin_dir), port)])
+    return escape.systemd_exec(probe + ["--command", *programs.argv(ready.command, bin_dir, port)])
 
 
 def dependencies(agent, on_host: dict) -> tuple[list[str], list[str]]:
@@ -100,8 +100,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 common,
                 requires=requires,
                 wants=wants,
-                command=escape.systemd_exec(contract.with_port(programs.resolve(agent.command, bin_dir),
-                                                               contract.listen_port(agent))),
+                command=escape.systemd_exec(programs.argv(agent.command, bin_dir, contract.listen_port(agent))),
                 ready=ready_command(agent, bin_dir),
                 environment=[escape.systemd_env(k, v) for k, v in contract.for_agent(manifest, agent)],
                 slice=units.slice_(agent.slice),

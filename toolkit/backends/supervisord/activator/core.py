@@ -8,7 +8,7 @@ import signal
 import time
 from functools import partial
 
-from agentkit import ready
+from agentkit import proc, ready
 
 from . import PROG
 from .agent import Agent, StartFailed
@@ -260,9 +260,9 @@ class Activator:
                 text, _, _ = await self.rpc.call(method, agent.spec.program, 0, 4096)
             except Exception:  # noqa: BLE001 - no log file, unreachable: say nothing
                 continue
-            lines = [line.strip() for line in text.splitlines() if line.strip()]
-            if lines:
-                return lines[-1][-300:]
+            said = proc.last_line(text)
+            if said:
+                return said
         return ""
 
     async def start_process(self, agent):
