@@ -42,13 +42,16 @@ TINY = REPO / "bench" / "programs" / "tiny_http.py"
 RELAY = REPO / "bench" / "programs" / "sleepy_relay.py"
 MAX_ROUNDS = 30
 TIMEOUT = 20.0
+# The private ports (port + 20000) stay below Linux's ephemeral range (32768-60999): a port in
+# it may be the source port of any outgoing connection, or of a probe that connects to itself
+# while nothing listens there yet, and the agent then cannot bind it.
 KINDS = {  # name -> (port, ready setting)
-    "notify": (17401, "notify"),
-    "port": (17402, "port"),
-    "http": (17403, "{http: /}"),
-    "command": (17404, "{command: [/usr/bin/timeout, '1', /bin/bash, -c, 'exec 3<>/dev/tcp/127.0.0.1/{port}']}"),
+    "notify": (11401, "notify"),
+    "port": (11402, "port"),
+    "http": (11403, "{http: /}"),
+    "command": (11404, "{command: [/usr/bin/timeout, '1', /bin/bash, -c, 'exec 3<>/dev/tcp/127.0.0.1/{port}']}"),
 }
-CHAIN = (("A", 17411), ("B", 17412), ("C", 17413))
+CHAIN = (("A", 11411), ("B", 11412), ("C", 11413))
 TARGET_OVER_NOTIFY_MS = 10.0
 TARGET_CHAIN_S = 1.3
 

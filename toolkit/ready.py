@@ -39,12 +39,22 @@ def http_status(head: bytes) -> int | None:
     return None
 
 
+def connected_to_itself(sockname, peername) -> bool:
+    """A connect() to a port nobody listens on, from that same port, succeeds (TCP's simultaneous
+    open): on loopback, with a port in the ephemeral range (32768-60999), about once in 20,000
+    tries. A probe that retries every few milliseconds meets it within minutes, and would call
+    a program that is still loading ready."""
+    return sockname is not None and sockname == peername
+
+
 def _connect(host: str, port: int, timeout: float) -> socket.socket:
     # An IP address as bytes: no name lookup, and no import of the idna codec for it.
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect((host.encode("ascii"), port))
+        if connected_to_itself(sock.getsockname(), sock.getpeername()):
+            raise ConnectionRefusedError(111, "nothing listens yet (the connection reached itself)")
     except BaseException:
         sock.close()
         raise

@@ -175,6 +175,8 @@ class Activator:
         except (OSError, asyncio.TimeoutError):
             return False
         try:
+            if ready.connected_to_itself(writer.get_extra_info("sockname"), writer.get_extra_info("peername")):
+                return False
             if kind == "port":
                 return True
             writer.write(ready.http_request(host, agent.spec.ready[1]))

@@ -12,6 +12,8 @@ import logging
 import time
 from functools import partial
 
+from agentkit import ready
+
 from . import PROG
 from .agent import StartFailed
 
@@ -110,8 +112,12 @@ class Link:
                     except OSError:
                         agent.ready = False  # not listening (crashed, stopped): start it
                     else:
-                        self.attach(upstream)
-                        return
+                        if not ready.connected_to_itself(transport.get_extra_info("sockname"),
+                                                         transport.get_extra_info("peername")):
+                            self.attach(upstream)
+                            return
+                        transport.abort()
+                        agent.ready = False
                 agent.waiting += 1
                 try:
                     await activator.ensure(agent)
