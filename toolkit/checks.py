@@ -35,6 +35,7 @@ def _owners_and_clashes(m: Manifest) -> tuple[dict[tuple[str, int], str], list[I
     for host in m.hosts.values():
         for service, port in host.ports:
             owners.setdefault((host.name, port), f"the fleet service {service} (hosts.{host.name}.ports.{service})")
+        owners.setdefault((host.name, host.status_port), f"the status service (hosts.{host.name}.status.port)")
     if m.router is not None:
         owners.setdefault((m.router.host, m.router.port), "the router (router.port)")
     clashes = []

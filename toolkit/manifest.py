@@ -26,7 +26,7 @@ from .model import (Agent, Host, HostAddress, Location, Manifest, Profile, Readi
                     Slice)
 from .router.settings import MANIFEST_SETTINGS, REQUIRED
 from .settings import (AGENT_SETTINGS, BUILTIN_SLICES, FLEET_SETTINGS, GROUP_SETTINGS, HOST_SETTINGS,
-                       OPTIONAL_ONLY, PROFILE_SETTINGS, RESTART_SETTINGS, SLICE_SETTINGS)
+                       OPTIONAL_ONLY, PROFILE_SETTINGS, RESTART_SETTINGS, SLICE_SETTINGS, STATUS_SETTINGS)
 from .yamlsrc import INVALID, Document, load as load_yaml
 
 FLEET_FILE = "fleet.yaml"
@@ -341,9 +341,18 @@ def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
                           f"service {fleet_ports[port]} (hosts.{host_name}.ports.{fleet_ports[port]})")
                 continue
             fleet_ports[port] = service
+        status = check.mapping(doc, path + ("status",), data.get("status"), "the status service's settings")
+        check.known_keys(doc, path + ("status",), status, STATUS_SETTINGS)
+        listen = {}
+        for key, setting in STATUS_SETTINGS.items():
+            value = check.parse(doc, path + ("status", key), status.get(key, setting.default), setting.parse)
+            listen[key] = setting.default if value is INVALID else value
+        if listen["port"] in fleet_ports:
+            check.add(doc, path + ("status", "port"), f"{listen['port']} is also used on {host_name} by the fleet "
+                      f"service {fleet_ports[listen['port']]} (hosts.{host_name}.ports.{fleet_ports[listen['port']]})")
         hosts[host_name] = Host(host_name, address, tuple((env if env is not INVALID else {}).items()),
                                 tuple((service, port) for port, service in fleet_ports.items()),
-                                Location(doc.file, doc.line(path)))
+                                Location(doc.file, doc.line(path)), listen["port"], listen["bind"])
     # {address_of: HOST} may name a host declared further down: resolve once all are known.
     return {name: replace(h, environment=tuple(_resolve_environment(
                 check, doc, ("hosts", name, "environment"), dict(h.environment), hosts).items()))

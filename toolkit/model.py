@@ -95,6 +95,8 @@ class Host:
     environment: tuple[tuple[str, str], ...]
     ports: tuple[tuple[str, int], ...]  # fleet services' ports on this host (not agents)
     where: Location = field(compare=False)
+    status_port: int = 8202  # the status service (agentkit-status): settings.STATUS_SETTINGS
+    status_bind: str = "127.0.0.1"
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,13 @@ HOST_SETTINGS: dict[str, Setting] = {
     "address": _S(parsers.text, None, "how agents on other hosts reach this one", shown="the host's name"),
     "environment": _S(parsers.environment, {}, "variables for every agent on the host"),
     "ports": _S(None, {}, "fleet services' ports on the host, by name: checked for clashes too"),
+    "status": _S(None, None, "the host's status service (agentkit-status): port, bind",
+                 shown="port 8202 on 127.0.0.1"),
+}
+# The host's status service (/health, /metrics, /events, the page): where it listens.
+STATUS_SETTINGS: dict[str, Setting] = {
+    "port": _S(parsers.port, 8202, "the port (LazyLoader's health port in the original)"),
+    "bind": _S(parsers.bind, "127.0.0.1", "the address to listen on: loopback, or the host's own address"),
 }
 GROUP_SETTINGS: dict[str, Setting] = {
     "group": _S(parsers.text, None, "the group's name", shown="the file's name"),

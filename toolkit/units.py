@@ -14,11 +14,15 @@ ROOT_SLICE = "agentkit.slice"
 REARM = "agentkit-rearm@"  # template units that make a failed socket listen again
 ROUTER = "agentkit-router.service"
 ROUTER_PROGRAM = "agentkit-router"
+STATUS = "agentkit-status.service"  # the host's status service: /health, /metrics, /events, the page
+STATUS_PROGRAM = "agentkit-status"
+STATUS_USER = "agentkit-status"  # a system user: the system bus refuses DynamicUser= identities
+STATUS_USER_UNIT = "agentkit-status-user.service"  # makes that user (systemd-sysusers)
 ACTIVATOR_PROGRAM = "agentkit-activator"
 AGENT_PROGRAM = "agentkit-agent"  # the reference agent
 READY_PROGRAM = "agentkit-ready"  # the readiness probe (ready: port, http, command)
 # agentkit's own programs: always in its bin directory, on whichever machine a render is for.
-OWN_PROGRAMS = ("agentkit", AGENT_PROGRAM, ROUTER_PROGRAM, ACTIVATOR_PROGRAM, READY_PROGRAM)
+OWN_PROGRAMS = ("agentkit", AGENT_PROGRAM, ROUTER_PROGRAM, ACTIVATOR_PROGRAM, READY_PROGRAM, STATUS_PROGRAM)
 # The units `agentkit down` stops on a systemd host, besides the target.
 PATTERNS = (PREFIX + "*.socket", PREFIX + "*.service")
 

@@ -219,6 +219,9 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+NSSWITCH = "/etc/nsswitch.conf"
+
+
 class SystemdContainer:
     """One booted systemd (the host's own) in a volatile systemd-nspawn container."""
 
@@ -242,6 +245,11 @@ class SystemdContainer:
         self.checkout = Path(checkout).resolve()
         self.binds = [_bind_spec(b) for b in bind]
         self.binds_ro = [(str(self.checkout), str(self.checkout))] + [_bind_spec(b) for b in bind_ro]
+        # --volatile=yes leaves /etc empty, and without nsswitch.conf's "systemd" the system bus
+        # cannot tell who a DynamicUser= is and drops its connection (the status service's).
+        # A host's /etc has it (libnss-systemd): the container gets the host's.
+        if os.path.exists(NSSWITCH):
+            self.binds_ro.append((NSSWITCH, NSSWITCH))
         self.network_bridge = network_bridge
         self.extra_args = list(extra_args)
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.mkdtemp(prefix="agentkit-e2e-"))

@@ -64,6 +64,10 @@ class _Manager(DbusInterfaceCommonAsync, interface_name="org.freedesktop.systemd
     async def list_units_by_patterns(self, states: list[str], patterns: list[str]) -> list:
         raise NotImplementedError
 
+    @dbus_method_async("s", "o")
+    async def load_unit(self, name: str) -> str:
+        raise NotImplementedError
+
 
 # Properties are read whole (GetAll) and keep systemd's own names, as in `systemctl show`.
 class _Unit(DbusInterfaceCommonAsync, interface_name="org.freedesktop.systemd1.Unit"):
@@ -98,6 +102,7 @@ class Systemd:
         self._manager = _Manager.new_proxy(SYSTEMD, MANAGER_PATH, self._bus)
         self._jobs: dict[str, asyncio.Future] = {}
         self._slot = None
+        self._watching: list = []
 
     async def reload(self) -> None:
         await self._call(self._manager.reload())
@@ -130,6 +135,32 @@ class Systemd:
         if kind is not None:
             props.update(await self._call(kind.new_proxy(SYSTEMD, state.path, self._bus).properties_get_all_dict("reuse")))
         return props
+
+    async def unit_path(self, name: str) -> str:
+        """The object path of a unit, loading its file if systemd has not yet (no start)."""
+        return await self._call(self._manager.load_unit(name))
+
+    async def properties_at(self, name: str, path: str) -> dict:
+        return await self.properties(UnitState(name, "", "", "", path))
+
+    async def watch(self, on_change, on_reload) -> None:
+        """on_change(object path) whenever a unit's properties change (its state, its restarts),
+        on_reload() when systemd reloads its units: from systemd's signals, not polling."""
+        await self._call(self._manager.subscribe())
+
+        def changed(message) -> None:
+            on_change(message.path)
+
+        def reloading(message) -> None:
+            (active,) = message.get_contents()
+            if not active:  # the reload is over: the units are the new ones
+                on_reload()
+
+        for member, callback, path, interface in (
+                ("PropertiesChanged", changed, None, "org.freedesktop.DBus.Properties"),
+                ("Reloading", reloading, MANAGER_PATH, "org.freedesktop.systemd1.Manager")):
+            self._watching.append(await self._call(self._bus.match_signal_async(
+                SYSTEMD, path, interface, member, callback)))
 
     async def run_jobs(self, verb: str, units: list[str], mode: str = "replace",
                        timeout: float = 120.0, on_done=None) -> dict[str, str]:
@@ -187,6 +218,9 @@ class Systemd:
             raise AgentkitError(f"systemd: {detail}") from exc
 
     def close(self) -> None:
+        for slot in self._watching:
+            slot.close()
+        self._watching.clear()
         if self._slot is not None:
             self._slot.close()
             self._slot = None

@@ -7,6 +7,7 @@ templates always give the same bytes, sorted by path, so golden files and
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import jinja2
@@ -17,8 +18,10 @@ from ...model import Manifest
 from ...router.settings import ROUTER_SETTINGS, router_flag_value
 
 SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
+SYSUSERS = "/usr/bin/systemd-sysusers"
 TEMPLATES = ["agent.service.j2", "agent.socket.j2", "proxy.service.j2", "agentkit.target.j2", "agentkit.slice.j2",
-             "agentkit-rearm@.timer.j2", "agentkit-rearm@.service.j2", "router.service.j2"]
+             "agentkit-rearm@.timer.j2", "agentkit-rearm@.service.j2", "router.service.j2", "status.service.j2",
+             "status-user.service.j2"]
 
 
 def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
@@ -29,6 +32,12 @@ def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
         if flag is not None:
             groups.append((flag, router_flag_value(key, value)))
     return groups
+
+
+def status_command(host, bin_dir: str) -> list[str]:
+    """agentkit-status's argv for a host of the manifest."""
+    return [os.path.join(bin_dir, units.STATUS_PROGRAM), "--listen", f"{host.status_bind}:{host.status_port}",
+            "--host", host.name]
 
 
 def ready_command(agent, bin_dir: str) -> str | None:
@@ -85,7 +94,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
     """Every unit file of `host` for `profile`, sorted by path."""
     agents = graph.on_host(manifest, host, profile)
     (service_t, socket_t, proxy_t, target_t, slice_t, rearm_timer_t, rearm_service_t,
-     router_t) = templating.templates("systemd", TEMPLATES, templates).values()
+     router_t, status_t, status_user_t) = templating.templates("systemd", TEMPLATES, templates).values()
 
     profile_name = profile or manifest.default_profile
     on_host = {a.name: a for a in agents}
@@ -134,9 +143,18 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 slice=units.ROOT_SLICE, command=" \\\n    ".join(escape.systemd_exec(g) for g in router_command(router, bin_dir)),
                 local_model=settings["local.model"], cloud_model=settings["cloud.model"],
             )))
+        files.append(RenderedFile(units.STATUS, status_t.render(
+            host=host, source=os.path.basename(manifest.hosts[host].where.file), target=units.TARGET,
+            slice=units.ROOT_SLICE, command=escape.systemd_exec(status_command(manifest.hosts[host], bin_dir)),
+            loopback=ipaddress.ip_address(manifest.hosts[host].status_bind).is_loopback,
+            agent={"user": units.STATUS_USER}, user=units.STATUS_USER, user_unit=units.STATUS_USER_UNIT,
+        )))
+        files.append(RenderedFile(units.STATUS_USER_UNIT, status_user_t.render(
+            target=units.TARGET, user=units.STATUS_USER, sysusers=SYSUSERS)))
         files.append(RenderedFile(units.TARGET, target_t.render(
             name=manifest.name, host=host, profile=profile_name,
-            services=[units.service(a.name) for a in agents if a.essential] + ([units.ROUTER] if router is not None else []),
+            services=[units.service(a.name) for a in agents if a.essential] + ([units.ROUTER] if router is not None else [])
+            + [units.STATUS],
             sockets=[units.socket(a.name, a.activation) for a in agents if a.optional],
         )))
     except jinja2.TemplateError as exc:

@@ -8,13 +8,14 @@ A dormant agent is never woken to find out: its health port is not on the socket
 from __future__ import annotations
 
 from ... import graph, units
-from ...model import Agent, Manifest
+from ...model import Manifest
 from .. import AgentStatus, rss
 from . import install
 from .dbus import NO_VALUE
 
 
-def _state(agent: Agent, service, socket) -> tuple[str, str]:
+def state_of(optional: bool, service, socket) -> tuple[str, str]:
+    """(state, detail) of an agent from its service's and socket's UnitState (the status service's too)."""
     if service is None or service.load_state != "loaded":
         return "not-installed", "unit not loaded"
     detail = f"{service.active_state}/{service.sub_state}"
@@ -26,7 +27,7 @@ def _state(agent: Agent, service, socket) -> tuple[str, str]:
         return "stopping", detail
     if service.active_state == "failed":
         return "failed", detail
-    if agent.optional and socket is not None:
+    if optional and socket is not None:
         socket_detail = f"socket {socket.active_state}/{socket.sub_state}"
         if socket.active_state == "active":
             return "dormant", socket_detail
@@ -48,7 +49,7 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
     for agent in agents:
         service = states.get(units.service(agent.name))
         socket = states.get(units.socket(agent.name, agent.activation)) if agent.optional else None
-        state, detail = _state(agent, service, socket)
+        state, detail = state_of(agent.optional, service, socket)
         since = restarts = memory = last_start = result = None
         socket_props = await manager.properties(socket) if socket is not None and socket.load_state == "loaded" else {}
         if socket_props.get("Result") == "service-start-limit-hit":
