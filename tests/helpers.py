@@ -61,3 +61,73 @@ def clients_during_start(port: int, count: int = 20, spread: float = 1.0) -> tup
     if any(t.is_alive() for t in threads):
         pytest.fail("a client got no answer within 60 s")
     return answers, time.monotonic() - began
+
+
+class EventStream:
+    """A client of a status service's /events (Server-Sent Events), read on a thread of its
+    own: `events` fills as they arrive, each with `received` (time.time()) added. A context
+    manager; the connection is closed on exit, which ends the thread."""
+
+    def __init__(self, port: int, path: str = "/events", timeout: float = 60.0):
+        import http.client
+        import threading
+
+        self.events: list[dict] = []
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+        self.conn.request("GET", path)
+        self.response = self.conn.getresponse()
+        assert self.response.status == 200, self.response.status
+        assert self.response.getheader("Content-Type", "").startswith("text/event-stream")
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        import json
+
+        data = []
+        try:
+            for raw in self.response:
+                line = raw.decode().rstrip("\r\n")
+                if line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    event = json.loads("\n".join(data))
+                    event["received"] = time.time()
+                    self.events.append(event)
+                    data = []
+        except (OSError, ValueError, AttributeError):
+            pass  # closed: the test is over (http.client ends a read it was closed under so)
+
+    def kinds(self, agent: str) -> list[str]:
+        return [e["kind"] for e in self.events if e["agent"] == agent]
+
+    def wait(self, agent: str, kind: str, timeout: float = 30.0) -> dict:
+        return wait_for(lambda: next((e for e in self.events if e["agent"] == agent and e["kind"] == kind), None),
+                        f"a {kind} event of {agent} on /events", timeout=timeout)
+
+    def close(self):
+        import socket
+
+        try:
+            self.conn.sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, AttributeError):
+            pass
+        self.conn.close()
+        self.thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def metric(text: str, name: str, **labels) -> float | None:
+    """The value of one sample of a Prometheus text page, by name and labels (a subset), or None."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return None

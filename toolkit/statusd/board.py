@@ -37,6 +37,7 @@ class Observation:
     start_limit_hit: bool = False  # the manager gave up restarting it (service or socket)
     last_start_s: float | None = None  # inactive -> active, the last time it started
     cgroup: str = ""               # its control group under /sys/fs/cgroup, while it runs
+    pid: int = 0                   # its main process, while it runs
 
 
 @dataclass

@@ -15,6 +15,7 @@ import logging
 import os
 
 from .. import units
+from ..backends import rss
 from ..backends.systemd.dbus import NO_VALUE, Systemd, UnitState
 from ..backends.systemd.status import state_of
 from .board import Board, Observation
@@ -121,6 +122,8 @@ class SystemdSource:
                 row.memory = row.cpu_seconds = None
                 continue
             row.memory, row.cpu_seconds = cgroup_usage(os.path.join(CGROUP_ROOT, group.lstrip("/")))
+            if row.memory is None:  # no memory controller for the cgroup (a container): the main process's
+                row.memory, row.cpu_seconds = rss(row.seen.pid), process_cpu(row.seen.pid)
 
 
 def _unit_state(props: dict) -> UnitState:
@@ -144,7 +147,7 @@ def observation(service: dict, socket: dict | None) -> Observation:
         state=state, detail=detail, since=changed / 1e6 if changed else None,
         sub_state=service.get("SubState", ""), restarts=int(service.get("NRestarts") or 0), result=result,
         start_limit_hit=limit, last_start_s=round((ready - began) / 1e6, 6) if began and ready >= began else None,
-        cgroup=service.get("ControlGroup", ""))
+        cgroup=service.get("ControlGroup", ""), pid=int(service.get("MainPID") or 0))
 
 
 def cgroup_usage(path: str) -> tuple[int | None, float | None]:
@@ -165,3 +168,15 @@ def cgroup_usage(path: str) -> tuple[int | None, float | None]:
     except (OSError, ValueError):
         pass
     return memory, cpu
+
+
+def process_cpu(pid: int) -> float | None:
+    """User and system CPU seconds of one process, from /proc/PID/stat."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -152,8 +152,8 @@ class Systemd:
             on_change(message.path)
 
         def reloading(message) -> None:
-            (active,) = message.get_contents()
-            if not active:  # the reload is over: the units are the new ones
+            active = message.get_contents()  # sdbus: one argument comes bare, not in a tuple
+            if not (active[0] if isinstance(active, tuple) else active):  # the reload is over: the units are the new ones
                 on_reload()
 
         for member, callback, path, interface in (
