@@ -17,7 +17,7 @@ README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encodi
 TABLES = {
     "agent": settings.AGENT_SETTINGS, "fleet": settings.FLEET_SETTINGS, "host": settings.HOST_SETTINGS,
     "group": settings.GROUP_SETTINGS, "slice": settings.SLICE_SETTINGS, "profile": settings.PROFILE_SETTINGS,
-    "router": MANIFEST_SETTINGS,
+    "router": MANIFEST_SETTINGS, "status": settings.STATUS_SETTINGS,
 }
 
 

@@ -55,6 +55,7 @@ class Agent:
     service_type: str  # simple, exec or notify (notify exactly when ready.kind is notify)
     ready: Readiness
     start_timeout: int
+    cold_start_slo: int  # microseconds, like start_timeout: the alert rules' threshold
     watchdog: int | None
     restart: Restart
     memory_max: int | str | None

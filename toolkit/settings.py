@@ -106,6 +106,9 @@ AGENT_SETTINGS: dict[str, Setting] = {
                 "`notify` if `service_type` is, else `port` (`started` for `native`)"),
     "start_timeout": _S(parsers.span, 30_000_000, "TimeoutStartSec=: how long a start may take",
                         "`TimeoutStartSec=`"),
+    "cold_start_slo": _S(parsers.span, 30_000_000, "a cold start slower than this fires an alert",
+                         "first connection to ready: slower than this, on average over 15 minutes, fires "
+                         "`AgentkitColdStartSlow` (the original's 30 s loading SLA)"),
     "watchdog": _S(parsers.optional(parsers.span), None, "WatchdogSec=: the agent sends WATCHDOG=1 within this",
                    "`WatchdogSec=`"),
     "restart": _S(dict, None, "restart policy and start limits: " + ", ".join(RESTART_SETTINGS),
