@@ -19,7 +19,7 @@ import traceback
 
 import click
 
-from . import __version__, backends, client, diffs, files, graph, logs, manifest as manifest_mod, output, units
+from . import __version__, backends, client, diffs, files, fleetstatus, graph, logs, manifest as manifest_mod, output, units
 from .backends import BACKENDS, Backend, Options
 from .errors import AgentkitError, ManifestError, did_you_mean
 from .model import Manifest
@@ -537,11 +537,17 @@ def _why_not(m: Manifest, agent) -> str:
 @profile_option
 @auto_backend_option
 @state_dir_option
+@click.option("--all", "every_host", is_flag=True,
+              help="Every host of the manifest, from its status service over HTTP (hosts.<name>.status; "
+                   "addresses from the manifest or --address).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable.")
 @click.pass_obj
-def status(obj: Context, hosts, profile, backend, state_dir, as_json) -> None:
+def status(obj: Context, hosts, profile, backend, state_dir, every_host, as_json) -> None:
     """Every agent of this host: dormant, starting, active, stopping, failed; since when, restarts, memory."""
     m = obj.manifest
+    if every_host:
+        _status_of_every_host(m, list(hosts) or list(m.hosts), as_json)
+        return
     backend = backends.choose(backend)
     chosen = _hosts_here(m, hosts, backend)[0] if backend.several_hosts else [_one_host(m, hosts)]
     options = _options(m, state_dir=state_dir)
@@ -553,6 +559,24 @@ def status(obj: Context, hosts, profile, backend, state_dir, as_json) -> None:
         return
     click.echo(output.status_table(rows))
     if any(r["state"] == "failed" for r in rows):
+        sys.exit(1)
+
+
+def _status_of_every_host(m: Manifest, hosts: list[str], as_json: bool) -> None:
+    for host in hosts:
+        if host not in m.hosts:
+            raise AgentkitError(f"unknown host {host!r} (hosts: {', '.join(m.hosts)})")
+    answers = fleetstatus.read(m, hosts)
+    if as_json:
+        click.echo(json.dumps({"hosts": answers}, indent=2))
+    else:
+        rows = [dict(agent, host=host) for host, answer in answers.items() for agent in answer["agents"]]
+        if rows:
+            click.echo(output.status_table(rows))
+        for host, answer in answers.items():
+            if answer["error"]:
+                click.echo(f"{host}: {answer['url']}: {answer['error']}", err=True)
+    if any(a["error"] or any(r["state"] == "failed" for r in a["agents"]) for a in answers.values()):
         sys.exit(1)
 
 

@@ -81,9 +81,11 @@ def _router_json(router) -> dict | None:
 def status_table(rows: Sequence[dict], now: float | None = None) -> str:
     """The table of `agentkit status`, and a line counting the states."""
     now = time.time() if now is None else now
-    lines = [("AGENT", "STATE", "SINCE", "RESTARTS", "MEMORY", "START")]
+    hosts = any("host" in r for r in rows)  # status --all: every host's agents in one table
+    lines = [("HOST",) * hosts + ("AGENT", "STATE", "SINCE", "RESTARTS", "MEMORY", "START")]
     for r in rows:
-        lines.append((r["name"], r["state"], ago(now, r["since"]),
+        lines.append((r.get("host", ""),) * hosts + (
+                      r["name"], r["state"], ago(now, r["since"]),
                       "-" if r["restarts"] is None else str(r["restarts"]), mib(r["memory"]),
                       "-" if r["last_start_s"] is None else f"{r['last_start_s']:.3f}s"))
     counts: dict[str, int] = {}

@@ -280,6 +280,17 @@ def size(value: Any) -> int:
     return values.parse_size(value)  # type: ignore[return-value]
 
 
+def status_bind(value: Any) -> str:
+    """The status service's bind: an IP address, or `address` (loopback and the host's own address)."""
+    if value == "address":
+        return "address"
+    try:
+        return bind(value)
+    except ValueError:
+        raise ValueError(f"expected an IP address to listen on, or `address` (loopback and the host's own "
+                         f"address), got {show(value)}") from None
+
+
 def bind(value: Any) -> str:
     written = text(value)
     try:

@@ -158,7 +158,8 @@ HOST_SETTINGS: dict[str, Setting] = {
 # The host's status service (/health, /metrics, /events, the page): where it listens.
 STATUS_SETTINGS: dict[str, Setting] = {
     "port": _S(parsers.port, 8202, "the port (LazyLoader's health port in the original)"),
-    "bind": _S(parsers.bind, "127.0.0.1", "the address to listen on: loopback, or the host's own address"),
+    "bind": _S(parsers.status_bind, "127.0.0.1", "the address to listen on: an IP address, or `address`: loopback "
+               "and the host's address (as --address gives it), for `agentkit status --all` and Prometheus"),
 }
 GROUP_SETTINGS: dict[str, Setting] = {
     "group": _S(parsers.text, None, "the group's name", shown="the file's name"),

@@ -199,6 +199,18 @@ def test_rollout_to_two_hosts(lab_factory, tmp_path, record_property):
     # /health answers 503 here (no local model server, no way to the cloud), with its JSON.
     health = json.loads(ssh_ok(lab, "mainpc", ["/usr/bin/python3", "-c", HEALTH_BODY, "http://127.0.0.1:8090/health"]))
     assert health["backends"]["cloud"]["api_key"] == "set"
+    # Both hosts' status services, from here, at the inventory's addresses: one table.
+    every = subprocess.run([str(Path(sys.executable).parent / "agentkit"), "-m", str(REPO / "agents"), "status",
+                            "--all", "--json", "--address", f"mainpc={mainpc}", "--address", f"pc2={pc2}"],
+                           capture_output=True, text=True, timeout=60)
+    assert every.returncode == 0, every.stdout + every.stderr
+    hosts = json.loads(every.stdout)["hosts"]
+    assert {h: (a["status"], len(a["agents"])) for h, a in hosts.items()} == {"mainpc": ("ok", 55), "pc2": ("ok", 22)}
+    assert hosts["pc2"]["url"] == f"http://{pc2}:9202/health"
+    table = subprocess.run([str(Path(sys.executable).parent / "agentkit"), "-m", str(REPO / "agents"), "status",
+                            "--all", "--address", f"mainpc={mainpc}", "--address", f"pc2={pc2}"],
+                           capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0 and table.stdout.startswith("HOST") and "pc2" in table.stdout, table.stdout
     # pc2 reaches mainpc at the inventory's address (UNIFIED_HOST: {address_of: mainpc}).
     unit = ssh_ok(lab, "pc2", ["systemctl", "cat", "agentkit-TieredResponder.service"])
     assert f"Environment=UNIFIED_HOST={mainpc}\n" in unit

@@ -11,36 +11,36 @@ import sys
 import click
 from aiohttp import web
 
-from .. import logs, parsers, units
+from .. import logs, units
 from ..errors import AgentkitError
 from ..sdnotify import Notifier
 from .board import Board
 from .web import make_app
 
 
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    try:
-        if not sep:
-            raise ValueError(f"expected HOST:PORT, got {text!r}")
-        return parsers.bind(host.strip("[]")), parsers.port(int(port))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+def _listen(ctx, param, values) -> list[tuple[str, int]]:
+    out = []
+    for text in values:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise click.BadParameter(f"expected HOST:PORT, got {text!r}")
+        out.append((host.strip("[]"), int(port)))
+    return out
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-@click.option("--listen", default="127.0.0.1:8202", help="HOST:PORT to serve on")
+@click.option("--listen", multiple=True, default=["127.0.0.1:8202"], callback=_listen,
+              help="HOST:PORT to serve on (repeatable; a host name is resolved)")
 @click.option("--host", "host_name", required=True, help="the manifest's name of this host")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
-def main(listen: str, host_name: str, log_level: str) -> None:
+def main(listen: list[tuple[str, int]], host_name: str, log_level: str) -> None:
     """The host's status service: /health, /metrics, /events and a live page of every agent."""
     logs.setup(units.STATUS_PROGRAM, level=log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    address, port = _listen(listen)
-    sys.exit(asyncio.run(serve(address, port, host_name)))
+    sys.exit(asyncio.run(serve(listen, host_name)))
 
 
-async def serve(address: str, port: int, host_name: str) -> int:
+async def serve(listen: list[tuple[str, int]], host_name: str) -> int:
     from .systemd import SystemdSource  # sdbus only here
 
     log = logging.getLogger(units.STATUS_PROGRAM)
@@ -55,14 +55,19 @@ async def serve(address: str, port: int, host_name: str) -> int:
         except AgentkitError as exc:
             log.error("%s", exc)
             return 1
-        site = web.TCPSite(runner, address, port, backlog=256, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            log.error("cannot listen on %s:%d: %s", address, port, os.strerror(exc.errno) if exc.errno else exc)
+        serving = []
+        for address, port in listen:
+            try:
+                await web.TCPSite(runner, address, port, backlog=256, reuse_address=True).start()
+            except OSError as exc:
+                # One address that cannot be had (a name that does not resolve yet) leaves the others.
+                log.error("cannot listen on %s:%d: %s", address, port, os.strerror(exc.errno) if exc.errno else exc)
+                continue
+            serving.append(f"http://{address}:{port}")
+        if not serving:
             return 1
-        log.info("listening on http://%s:%d (/health, /metrics, /events, /)", address, port)
-        notifier.send("READY=1", f"STATUS=watching {len(board.rows)} agents on http://{address}:{port}")
+        log.info("listening on %s (/health, /metrics, /events, /)", ", ".join(serving))
+        notifier.send("READY=1", f"STATUS=watching {len(board.rows)} agents on {', '.join(serving)}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
