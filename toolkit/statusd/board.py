@@ -149,7 +149,7 @@ class Board:
 
     def _event(self, row: Row, kind: str, **extra) -> dict:
         event = {"time": round(time.time(), 6), "host": self.host, "agent": row.name, "kind": kind,
-                 "state": row.seen.state, "detail": row.seen.detail}
+                 "state": row.seen.state, "detail": row.seen.detail, "starts": dict(row.starts)}
         event.update({k: v for k, v in extra.items() if v is not None})
         return event
 
@@ -190,6 +190,7 @@ class Board:
         down = [r.name for r in rows if r.essential and r.seen.state != "active"]
         counts = collections.Counter(r.seen.state for r in rows)
         return {"status": "ok" if self.healthy() else "degraded", "host": self.host,
+                "last_event_id": self.events[-1]["id"] if self.events else 0,
                 "source": "up" if self.source_up else f"down: {self.source_error}",
                 "essential_down": down, "states": dict(sorted(counts.items())),
                 "agents": [r.as_json() for r in rows]}

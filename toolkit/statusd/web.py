@@ -55,7 +55,9 @@ class StatusApp:
         if len(board.subscribers) >= MAX_EVENT_CLIENTS:
             return web.json_response({"error": f"at most {MAX_EVENT_CLIENTS} clients read /events at once"},
                                      status=503, headers=HEADERS)
-        after = request.headers.get("Last-Event-ID", "")
+        # A reconnecting EventSource says where it was (Last-Event-ID); the page's first
+        # connection says it in the query, from /health's last_event_id.
+        after = request.headers.get("Last-Event-ID") or request.query.get("after", "")
         sub = board.subscribe(int(after) if after.isdigit() else None)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no",
                                                **HEADERS})
