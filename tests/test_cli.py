@@ -30,8 +30,10 @@ def test_render_writes_one_directory_per_host_and_diff_sees_no_change(tmp_path):
     result = run("render", "--out", tmp_path / "build", *BIN)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"{tmp_path}/build/mainpc/: 56 services, 3 slices, 39 sockets, 1 target, 2 templates",
-        f"{tmp_path}/build/pc2/: 22 services, 3 slices, 14 sockets, 1 target, 2 templates",
+        # The agents' services, the router and the status service (and the unit that makes its user).
+        f"{tmp_path}/build/mainpc/: 58 services, 3 slices, 39 sockets, 1 target, 2 templates",
+        f"{tmp_path}/build/pc2/: 24 services, 3 slices, 14 sockets, 1 target, 2 templates",
+        f"{tmp_path}/build/prometheus/: Prometheus' scrape configuration and alert rules",
     ]
     same = run("diff", tmp_path / "build", *BIN)
     assert (same.returncode, same.stdout) == (0, "")
@@ -71,7 +73,7 @@ def test_rerender_replaces_stale_units_and_keeps_nothing_half_written(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not stale.exists()
     assert not list((tmp_path / "pc2").glob("*.socket"))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mainpc", "pc2"]  # no staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mainpc", "pc2", "prometheus"]  # no staging left behind
 
 
 def test_render_refuses_a_directory_holding_other_files_and_writes_nothing(tmp_path):
@@ -196,7 +198,8 @@ def test_supervisord_render_replaces_its_own_files_and_diff_reads_them(tmp_path)
         result = run("render", "--backend", "supervisord", "--out", tmp_path / "b", *state, *BIN)
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == [f"{tmp_path}/b/mainpc/: 1 conf, 1 json",
-                                              f"{tmp_path}/b/pc2/: 1 conf, 1 json"]
+                                              f"{tmp_path}/b/pc2/: 1 conf, 1 json",
+                                              f"{tmp_path}/b/prometheus/: Prometheus' scrape configuration and alert rules"]
     same = run("diff", tmp_path / "b", "--backend", "supervisord", *state, *BIN)
     assert (same.returncode, same.stdout) == (0, "")
     conf = tmp_path / "b" / "pc2" / "supervisord.conf"

@@ -19,9 +19,11 @@ import traceback
 
 import click
 
-from . import __version__, backends, client, diffs, files, fleetstatus, graph, logs, manifest as manifest_mod, output, units
+from . import (__version__, backends, client, diffs, files, fleetstatus, graph, logs, manifest as manifest_mod,
+               output, prometheus, units)
 from .backends import BACKENDS, Backend, Options
 from .errors import AgentkitError, ManifestError, did_you_mean
+from .files import RenderedFile
 from .model import Manifest
 
 FIRST_BACKEND = next(iter(BACKENDS))  # render, diff, install: systemd units unless told otherwise
@@ -239,11 +241,18 @@ def validate(obj: Context, hosts, backend, bin_dir, check_programs) -> None:
 @bin_dir_option
 @templates_option
 @programs_option
+@click.option("--runbook-url", default=prometheus.RUNBOOK, show_default=True, metavar="URL",
+              help="Where docs/runbook.md is served: each alert's runbook_url is URL#<alert>.")
 @click.pass_obj
-def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, templates, check_programs) -> None:
-    """Write the systemd units (or supervisord configuration) of each host into OUT/<host>/."""
+def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, templates, check_programs,
+               runbook_url) -> None:
+    """Write the systemd units (or supervisord configuration) of each host into OUT/<host>/, and
+    Prometheus' scrape configuration and alert rules for the fleet into OUT/prometheus/."""
     m = obj.manifest
     chosen = _hosts(m, hosts)
+    if prometheus.DIRECTORY in m.hosts:
+        raise AgentkitError(f"a host called {prometheus.DIRECTORY!r} would share OUT/{prometheus.DIRECTORY}/ with "
+                            "the Prometheus files: rename the host")
     backend = backends.get(backend)
     options = _options(m, bin_dir, templates=templates, state_dir=state_dir)
     here = check_programs and os.path.isdir(options.bin_dir)  # else for another machine (--bin-dir there)
@@ -251,12 +260,16 @@ def render_cmd(obj: Context, hosts, profile, out, backend, state_dir, bin_dir, t
         _check_programs(m, backend, chosen, profile, options)
     plans = {host: backend.plan(m, host, profile, options) for host in chosen}
     ours = backends.any_ours()  # another backend's render of the same host is agentkit's too
+    watch = [RenderedFile(os.path.basename(f.path), f.text) for f in prometheus.files(m, runbook=runbook_url)]
     for host in plans:  # refuse before writing anything
         files.check_replaceable(os.path.join(out, host), ours)
+    files.check_replaceable(os.path.join(out, prometheus.DIRECTORY), prometheus.OURS)
     for host, planned in plans.items():
         target = os.path.join(out, host)
         files.replace_tree(target, planned, ours)
         click.echo(f"{target}/: {output.file_counts(planned)}")
+    files.replace_tree(os.path.join(out, prometheus.DIRECTORY), watch, prometheus.OURS)
+    click.echo(f"{os.path.join(out, prometheus.DIRECTORY)}/: Prometheus' scrape configuration and alert rules")
     if not here:
         click.echo("programs not checked: " + ("--no-programs" if not check_programs else
                                                f"the bin directory {options.bin_dir} is not on this machine"), err=True)
