@@ -152,3 +152,17 @@ def test_the_status_service_follows_an_install_that_adds_an_agent(lab, tmp_path)
 @pytest.fixture(autouse=True)
 def _bin(agentkit_bin):
     test_fleet.AGENTKIT = str(agentkit_bin / "agentkit")
+
+
+def test_the_status_service_comes_back_after_the_system_bus_restarts(lab):
+    """dbus-daemon restarted: the signals stop without a word. The service notices, says so,
+    connects again, and events flow as before."""
+    container = lab
+    container.systemctl("restart", "dbus.service")
+    wait_for(lambda: "connected to systemd again" in container.journal("agentkit-status.service"),
+             "the status service to connect to systemd again", timeout=60)
+    assert "systemd does not answer" in container.journal("agentkit-status.service")
+    wait_for(lambda: health()[0] == 200, "/health to answer 200 again")
+    with EventStream(STATUS_PORT) as stream:
+        assert request(17102, {"action": "ping"})["ok"]
+        stream.wait("Lazy", "ready")

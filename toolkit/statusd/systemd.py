@@ -22,6 +22,7 @@ from .board import Board, Observation
 
 log = logging.getLogger(units.STATUS_PROGRAM)
 CGROUP_ROOT = "/sys/fs/cgroup"
+KEEP_ALIVE = 5.0  # s between the small questions that tell a lost bus
 NOT_OURS = (units.ROUTER, units.STATUS, units.STATUS_USER_UNIT)
 
 
@@ -37,12 +38,35 @@ class SystemdSource:
         self.tasks: set[asyncio.Task] = set()
 
     async def start(self) -> None:
-        self.manager = Systemd()
+        await self.connect()
+        self._spawn(asyncio.get_running_loop().create_task(self.keep_alive()))
+
+    async def connect(self) -> None:
         loop = asyncio.get_running_loop()
+        self.manager = Systemd()
         await self.manager.watch(lambda path: self._changed(path),
                                  lambda: self._spawn(loop.create_task(self.discover())))
         await self.discover()
-        self.board.source_up = True
+        self.board.source_up, self.board.source_error = True, ""
+
+    async def keep_alive(self) -> None:
+        """Ask systemd something small now and then: signals stop without a word when the bus
+        goes away (dbus-daemon restarted), and then /health and /metrics say so, until we are
+        back: we connect again and read every agent anew."""
+        while True:
+            await asyncio.sleep(KEEP_ALIVE)
+            try:
+                await asyncio.wait_for(self.manager.unit_path(units.TARGET), KEEP_ALIVE)
+                continue
+            except Exception as exc:  # noqa: BLE001 - AgentkitError, a timeout: the bus is gone
+                self.board.source_up, self.board.source_error = False, str(exc) or type(exc).__name__
+                log.warning("systemd does not answer (%s); connecting again", self.board.source_error)
+            self.manager.close()
+            try:
+                await asyncio.wait_for(self.connect(), KEEP_ALIVE * 2)
+                log.info("connected to systemd again")
+            except Exception as exc:  # noqa: BLE001 - tried again on the next round
+                self.board.source_error = str(exc) or type(exc).__name__
 
     def close(self) -> None:
         for task in list(self.tasks) + list(self.pending.values()):
