@@ -82,17 +82,20 @@ class Board:
         self.ids = itertools.count(1)
         self.counted: dict[str, int] = collections.Counter()  # events by kind, for /metrics
         self.dropped_clients = 0
+        self.version = 0         # bumped by every change of what /metrics shows but memory and CPU
         self.source_up = False   # the manager answers (D-Bus connected, signals subscribed)
         self.source_error = ""
         self.started = time.time()
 
     def track(self, name: str, essential: bool, unit: str) -> Row:
+        self.version += 1
         row = self.rows.get(name)
         if row is None or row.essential != essential or row.unit != unit:
             row = self.rows[name] = Row(name, essential, unit)
         return row
 
     def forget_except(self, names) -> None:
+        self.version += 1
         for name in set(self.rows) - set(names):
             del self.rows[name]
 
@@ -102,6 +105,7 @@ class Board:
         """Record an agent's new observation; the events it implies, already published."""
         row = self.rows[name]
         before, row.seen = row.seen, now
+        self.version += 1
         if before.state == "not-installed" and before.detail == "not read yet":
             return []  # the first look: what is, not what happened
         events = []

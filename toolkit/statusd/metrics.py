@@ -20,16 +20,14 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 EVENT_KINDS = ("wake", "start", "ready", "idle-stop", "stop", "crash", "failed", "restart", "start-limit-hit")
 
 
-class BoardCollector:
-    def __init__(self, board: Board, sample) -> None:
+class AgentCollector:
+    """What changes only when the board does (states, counts, histograms): rendered again only then."""
+
+    def __init__(self, board: Board) -> None:
         self.board = board
-        self.sample = sample  # refreshes memory and CPU from the cgroups before each scrape
 
     def collect(self):
-        board = self.board
-        self.sample()
-        rows = list(board.rows.values())
-        host = board.host
+        board, host = self.board, self.board.host
         info = GaugeMetricFamily("agentkit_agent_info", "An agent of the host: 1, with its unit and class",
                                  labels=["host", "agent", "unit", "essential"])
         state = GaugeMetricFamily("agentkit_agent_state", "1 for the agent's state, 0 for the others",
@@ -44,14 +42,11 @@ class BoardCollector:
                                      "Times the manager gave up restarting the agent (start limit hit)",
                                      labels=["host", "agent"])
         cold = HistogramMetricFamily("agentkit_agent_cold_start_seconds",
-                                     "First connection to ready, for starts on demand", labels=["host", "agent"])
+                                     "First connection to ready, for starts on demand (optional agents)",
+                                     labels=["host", "agent"])
         last = GaugeMetricFamily("agentkit_agent_last_start_seconds", "How long the agent's last start took",
                                  labels=["host", "agent"])
-        memory = GaugeMetricFamily("agentkit_agent_memory_bytes", "Memory of the agent's cgroup (memory.current)",
-                                   labels=["host", "agent"])
-        cpu = CounterMetricFamily("agentkit_agent_cpu_seconds", "CPU time of the agent's cgroup (cpu.stat usage)",
-                                  labels=["host", "agent"])
-        for row in rows:
+        for row in board.rows.values():
             seen, name = row.seen, row.name
             info.add_metric([host, name, row.unit, "true" if row.essential else "false"], 1)
             for each in STATES:
@@ -62,42 +57,72 @@ class BoardCollector:
                 starts.add_metric([host, name, cause], row.starts[cause])
             restarts.add_metric([host, name], seen.restarts)
             limits.add_metric([host, name], row.start_limit_hits)
-            buckets, running = [], 0
-            for bound, count in zip(COLD_START_BUCKETS, row.cold_buckets):
-                running += count
-                buckets.append((repr(bound), running))
-            buckets.append(("+Inf", row.cold_count))
-            cold.add_metric([host, name], buckets, row.cold_sum)
+            if not row.essential:  # an essential agent starts at boot, never on a first connection
+                buckets, running = [], 0
+                for bound, count in zip(COLD_START_BUCKETS, row.cold_buckets):
+                    running += count
+                    buckets.append((repr(bound), running))
+                buckets.append(("+Inf", row.cold_count))
+                cold.add_metric([host, name], buckets, row.cold_sum)
             if seen.last_start_s is not None:
                 last.add_metric([host, name], seen.last_start_s)
+        events = CounterMetricFamily("agentkit_status_events", "Events published on /events, by kind",
+                                     labels=["host", "kind"])
+        for kind in EVENT_KINDS:
+            events.add_metric([host, kind], board.counted.get(kind, 0))
+        dropped = CounterMetricFamily("agentkit_status_event_clients_dropped",
+                                      "/events clients let go because they fell behind", labels=["host"])
+        dropped.add_metric([host], board.dropped_clients)
+        yield from (info, state, since, starts, restarts, limits, cold, last, events, dropped)
+
+
+class LiveCollector:
+    """What changes all the time: memory and CPU (sampled from the cgroups now), the service's own state."""
+
+    def __init__(self, board: Board, sample) -> None:
+        self.board = board
+        self.sample = sample
+
+    def collect(self):
+        board, host = self.board, self.board.host
+        self.sample()
+        memory = GaugeMetricFamily("agentkit_agent_memory_bytes", "Memory of the agent's cgroup (memory.current)",
+                                   labels=["host", "agent"])
+        cpu = CounterMetricFamily("agentkit_agent_cpu_seconds", "CPU time of the agent's cgroup (cpu.stat usage)",
+                                  labels=["host", "agent"])
+        for row in board.rows.values():
             if row.memory is not None:
-                memory.add_metric([host, name], row.memory)
+                memory.add_metric([host, row.name], row.memory)
             if row.cpu_seconds is not None:
-                cpu.add_metric([host, name], row.cpu_seconds)
-        yield from (info, state, since, starts, restarts, limits, cold, last, memory, cpu)
+                cpu.add_metric([host, row.name], row.cpu_seconds)
         up = GaugeMetricFamily("agentkit_status_source_up", "1 while the service manager answers and its "
                                "signals arrive", labels=["host"])
         up.add_metric([host], 1 if board.source_up else 0)
         healthy = GaugeMetricFamily("agentkit_status_healthy", "1 when every essential agent is active "
                                     "(what /health answers 200 for)", labels=["host"])
         healthy.add_metric([host], 1 if board.healthy() else 0)
-        events = CounterMetricFamily("agentkit_status_events", "Events published on /events, by kind",
-                                     labels=["host", "kind"])
-        for kind in EVENT_KINDS:
-            events.add_metric([host, kind], board.counted.get(kind, 0))
         clients = GaugeMetricFamily("agentkit_status_event_clients", "Clients reading /events now", labels=["host"])
         clients.add_metric([host], len(board.subscribers))
-        dropped = CounterMetricFamily("agentkit_status_event_clients_dropped",
-                                      "/events clients let go because they fell behind", labels=["host"])
-        dropped.add_metric([host], board.dropped_clients)
-        yield from (up, healthy, events, clients, dropped)
+        yield from (memory, cpu, up, healthy, clients)
 
 
 class Metrics:
+    """The page: the agents' part, kept while the board is unchanged (prometheus-client spends about
+    a quarter of a millisecond per agent writing it), then the live part, written every time."""
+
     def __init__(self, board: Board, sample) -> None:
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(BoardCollector(board, sample))
-        ProcessCollector(registry=self.registry)  # the service's own memory, CPU and file descriptors
+        self.board = board
+        self.agents = CollectorRegistry(auto_describe=False)
+        self.agents.register(AgentCollector(board))
+        self.live = CollectorRegistry(auto_describe=False)
+        self.live.register(LiveCollector(board, sample))
+        ProcessCollector(registry=self.live)  # the service's own memory, CPU and file descriptors
+        self.kept: tuple[int, bytes] = (-1, b"")
 
     def expose(self) -> bytes:
-        return generate_latest(self.registry)
+        version, text = self.kept
+        if version != self.board.version:
+            version = self.board.version
+            text = generate_latest(self.agents)
+            self.kept = (version, text)
+        return text + generate_latest(self.live)
