@@ -593,6 +593,67 @@ def _status_of_every_host(m: Manifest, hosts: list[str], as_json: bool) -> None:
         sys.exit(1)
 
 
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[AGENT]...")
+@click.option("--group", "groups", multiple=True, metavar="GROUP", help="Every agent of this group (repeatable).")
+@click.option("--profile", "profiles", multiple=True, metavar="PROFILE",
+              help="Every optional agent of this profile (repeatable).")
+@this_host_option
+@auto_backend_option
+@state_dir_option
+@click.option("--wait", is_flag=True, help="Return once every agent is ready (else as soon as they are starting).")
+@timeout_option("with --wait")
+@click.pass_obj
+def wake(obj: Context, names, groups, profiles, hosts, backend, state_dir, wait, timeout) -> None:
+    """Start agents and their dependencies ahead of their first request; they stop again when idle.
+
+    Agents of other hosts are skipped (say so once each), so that the same command can run on
+    every host of the fleet (ansible/wake.yml)."""
+    m = obj.manifest
+    wanted = _named_agents(m, names, groups, profiles)
+    backend = backends.choose(backend)
+    chosen = _hosts_here(m, hosts, backend)[0] if backend.several_hosts else [_one_host(m, hosts)]
+    elsewhere = [a for a in wanted if a.host not in chosen]
+    for agent in elsewhere:
+        click.echo(f"{agent.name}: on {agent.host}, not here ({', '.join(chosen)}): skipped", err=True)
+    options = _options(m, state_dir=state_dir, timeout=timeout)
+    failed = False
+    for host in chosen:
+        here = [a for a in wanted if a.host == host]
+        if not here:
+            continue
+        results = backend.wake(m, host, here, options, wait, lambda line: None)
+        for name, why in results.items():
+            if why is None:
+                click.echo(f"{name}: {'ready' if wait else 'starting'}")
+            else:
+                failed = True
+                click.echo(f"{name}: did not start: {why}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _named_agents(m: Manifest, names, groups, profiles) -> list:
+    """The agents named, those of the groups, and the optional ones of the profiles, manifest order."""
+    if not (names or groups or profiles):
+        raise click.UsageError("name the agents to wake: AGENT..., --group GROUP or --profile PROFILE")
+    picked = set()
+    for name in names:
+        if name not in m.agents:
+            raise AgentkitError(f"unknown agent {name!r}{did_you_mean(name, m.agents)}")
+        picked.add(name)
+    known_groups = {a.group for a in m.agents.values()}
+    for group in groups:
+        if group not in known_groups:
+            raise AgentkitError(f"unknown group {group!r}{did_you_mean(group, sorted(known_groups))}")
+        picked |= {a.name for a in m.agents.values() if a.group == group}
+    for profile in profiles:
+        if profile not in m.profiles:
+            raise AgentkitError(f"unknown profile {profile!r}{did_you_mean(profile, m.profiles)}")
+        picked |= {a.name for host in m.hosts for a in graph.on_host(m, host, profile) if a.optional}
+    return [a for a in m.agents.values() if a.name in picked]
+
+
 WRITERS = ("render", "install", "up")  # the commands whose refusal leaves the host as it was
 
 

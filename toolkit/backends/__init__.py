@@ -169,6 +169,13 @@ class Backend(ABC):
     def status(self, manifest: Manifest, host: str, profile: str | None, options: Options) -> list[AgentStatus]:
         """Every agent of `host` in `profile`, manifest order."""
 
+    @abstractmethod
+    def wake(self, manifest: Manifest, host: str, agents: list, options: Options, wait: bool,
+             progress: Progress) -> dict[str, str | None]:
+        """Start `agents` of `host` (and their dependencies) ahead of their first request, as a first
+        connection would, so that they stop again when idle. {agent: None when started (and ready, if
+        `wait`), else why not}; with `wait`, return once each is ready."""
+
     def recorded_profile(self, options: Options) -> str | None:
         """The profile apply() last used here, when the backend records it."""
         return None

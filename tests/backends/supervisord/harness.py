@@ -173,6 +173,7 @@ class Fleet:
     def activator_config(self):
         return {
             "fleet": self.fleet, "host": self.host, "supervisor": self.url,
+            "control": str(self.root / "activator.sock"),
             "agents": [{"name": a.name, "program": a.name, "listen": ["0.0.0.0", a.port],
                         "target": ["127.0.0.1", a.private], "depends_on": self.transitive(a.name),
                         "idle_stop": a.idle_stop, "start_timeout": a.start_timeout,

@@ -361,7 +361,8 @@ def run_activator(config_path, timeout=10):
 
 
 def write_config(tmp_path, agents, **top):
-    data = {"fleet": "lab", "host": "lab", "supervisor": f"unix://{tmp_path}/missing.sock", "agents": agents}
+    data = {"fleet": "lab", "host": "lab", "supervisor": f"unix://{tmp_path}/missing.sock",
+            "control": f"{tmp_path}/activator.sock", "agents": agents}
     data.update(top)
     path = tmp_path / "activator.json"
     path.write_text(json.dumps(data))
@@ -464,6 +465,7 @@ def test_a_bad_config_exits_1_with_one_clear_message(tmp_path):
 # --- the schema: agentkit.backends.supervisord.config ---------------------------------------
 
 GOOD = {"fleet": "lab", "host": "lab", "supervisor": "unix:///run/agentkit/supervisor.sock",
+        "control": "/run/agentkit/activator.sock",
         "agents": [agent_entry("X", 7101, 27101, ["Z", "Y"]), agent_entry("Y", 7102, 27102, ["Z"]),
                    agent_entry("Z", 7103, 27103)]}
 
@@ -496,7 +498,7 @@ def test_good_config_parses():
 
 
 def test_what_the_writer_dumps_the_reader_loads(tmp_path):
-    config = Config(fleet="lab", host="h", supervisor="unix:///s/supervisor.sock", agents=(
+    config = Config(fleet="lab", host="h", supervisor="unix:///s/supervisor.sock", control="/s/activator.sock", agents=(
         AgentSpec(name="A", program="A", listen=("0.0.0.0", 7000), target=("127.0.0.1", 27000),
                   depends_on=("B",), idle_stop=120.0, start_timeout=30.0, ready=("http", "/health")),
         AgentSpec(name="B", program="B", listen=("::", 7001), target=("::1", 27001),
@@ -513,14 +515,15 @@ def test_the_writer_cannot_build_what_the_reader_would_refuse():
     spec = dict(program="A", listen=("0.0.0.0", 7000), target=("127.0.0.1", 27000), idle_stop=1.0,
                 start_timeout=1.0, ready=("port",))
     with pytest.raises(ValueError, match=r"unknown agent 'C'"):
-        Config(fleet="f", host="h", supervisor="unix:///s", agents=(AgentSpec(name="A", depends_on=("C",), **spec),))
+        Config(fleet="f", host="h", supervisor="unix:///s", control="/s/activator.sock",
+               agents=(AgentSpec(name="A", depends_on=("C",), **spec),))
 
 
 @pytest.mark.parametrize("data, expected", [
     ([], "lab.json: expected an object, got array"),
     ({k: v for k, v in GOOD.items() if k != "supervisor"}, "lab.json: supervisor: missing"),
     (variant(supervisord="x"), "lab.json: supervisord: unknown key (did you mean 'supervisor'?); "
-                               "expected fleet, host, supervisor, agents"),
+                               "expected fleet, host, supervisor, control, agents"),
     (variant(supervisor="unix://relative.sock"),
      'lab.json: supervisor: expected supervisord\'s server URL, unix:///absolute/path.sock or '
      'http://host:port, got "unix://relative.sock"'),

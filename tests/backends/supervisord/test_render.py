@@ -303,6 +303,7 @@ def test_activator_json_lists_each_optional_agent_with_its_addresses_and_times()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2) + "\n"
     assert json.loads(text) == {
         "fleet": "features", "host": "alpha", "supervisor": f"unix://{STATE}/supervisor.sock",
+        "control": f"{STATE}/activator.sock",
         "agents": [
             {"name": "Legacy", "program": "Legacy", "listen": ["0.0.0.0", 5003], "target": ["127.0.0.1", 25003],
              "depends_on": [], "idle_stop": 300.0, "start_timeout": 30.0,

@@ -92,3 +92,19 @@ class SupervisordBackend(Backend):
         if not run.running(directory):
             raise AgentkitError(f"{host}: no supervisord answers in {directory} (start the fleet with agentkit up)")
         return run.collect(manifest, host, profile, directory)
+
+    def wake(self, manifest: Manifest, host: str, agents: list, options: Options, wait: bool,
+             progress: Progress) -> dict[str, str | None]:
+        directory = self.state_dir(manifest, host, options, started=True)
+        if not run.running(directory):
+            raise AgentkitError(f"{host}: no supervisord answers in {directory} (start the fleet with agentkit up)")
+        out: dict[str, str | None] = {}
+        optional = [a.name for a in agents if a.optional]
+        for agent in agents:
+            if agent.essential:  # supervisord keeps it running (autostart): a wake is a start if it is not
+                out[agent.name] = run.start_essential(directory, agent.name, wait=wait, timeout=options.timeout)
+        if optional:
+            out.update(run.control(directory, {"op": "wake", "agents": optional, "wait": wait},
+                                   timeout=options.timeout + 5)["results"])
+        return out
+

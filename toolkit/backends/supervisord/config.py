@@ -4,6 +4,7 @@ The supervisord renderer builds a Config and writes it with Config.dumps(); the
 activator reads it back with Config.load(). The file holds::
 
     {"fleet": "lab", "host": "lab", "supervisor": "unix:///abs/state/supervisor.sock",
+     "control": "/abs/state/activator.sock",
      "agents": [{"name": "X", "program": "X", "listen": ["0.0.0.0", 7101],
                  "target": ["127.0.0.1", 27101], "depends_on": ["Y", "Z"],
                  "idle_stop": 120.0, "start_timeout": 30.0, "ready": ["port"]}]}
@@ -76,6 +77,12 @@ def _url(value):
         return value
     raise Bad("expected supervisord's server URL, unix:///absolute/path.sock or http://host:port, "
               f"got {json.dumps(value)}")
+
+
+def _path(value):
+    if isinstance(value, str) and value.startswith("/") and len(value) > 1 and "\0" not in value:
+        return value
+    raise Bad(f"expected an absolute path, got {json.dumps(value)}")
 
 
 def _address(value):
@@ -180,6 +187,7 @@ class Config:
     fleet: str = _read(_text)
     host: str = _read(_text)
     supervisor: str = _read(_url)               # supervisord's XML-RPC server URL
+    control: str = _read(_path)                 # the activator's own socket: wake, state, events (control.py)
     agents: tuple[AgentSpec, ...] = _read(_objects(AgentSpec))
 
     def __post_init__(self):

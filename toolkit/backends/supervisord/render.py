@@ -69,6 +69,7 @@ from .config import AgentSpec, Config as ActivatorConfig
 
 CONF = "supervisord.conf"
 ACTIVATOR_CONFIG = "activator.json"
+CONTROL = "activator.sock"  # the activator's control socket: agentkit wake, the status service
 ACTIVATOR = units.ACTIVATOR_PROGRAM
 SOCKET = "supervisor.sock"
 PRIORITY_BASE = 100  # the activator is 1: it starts first and stops last
@@ -342,7 +343,8 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
                   idle_stop=values.seconds(agent.idle_stop), start_timeout=values.seconds(agent.start_timeout),
                   ready=probe(agent, bin_dir, privates[agent.name]))
         for agent in sorted((a for a in agents if a.optional), key=lambda a: a.name))
-    activator = ActivatorConfig(fleet=manifest.name, host=host, supervisor=f"unix://{socket}", agents=entries)
+    activator = ActivatorConfig(fleet=manifest.name, host=host, supervisor=f"unix://{socket}",
+                                control=posixpath.join(state_dir, CONTROL), agents=entries)
     return sorted([
         RenderedFile(CONF, conf),
         RenderedFile(ACTIVATOR_CONFIG, activator.dumps()),

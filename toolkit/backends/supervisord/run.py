@@ -10,7 +10,9 @@ activator.json, the control socket (mode 0700), the pid file and logs/.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import sys
 import time
 import xmlrpc.client
@@ -22,6 +24,7 @@ from ...errors import AgentkitError
 from ...model import Manifest
 from ...files import RenderedFile
 from .. import AgentStatus, Changes, rss
+from . import render
 from .render import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET
 
 
@@ -242,3 +245,38 @@ def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) 
         rows.append(AgentStatus(agent.name, agent.essential, agent.name, state, detail,
                                 float(since) if since else None, None, rss(pid) if pid else None, None, None))
     return rows
+
+
+def control(state_dir: str, request: dict, timeout: float = 30.0) -> dict:
+    """One request to the activator's control socket (activator/control.py) and its answer."""
+    path = os.path.join(state_dir, render.CONTROL)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(json.dumps(request).encode() + b"\n")
+            answer = sock.makefile("rb").readline()
+    except PermissionError:
+        raise AgentkitError(f"{path}: only the user who ran agentkit up (or root) may ask the activator") from None
+    except OSError as exc:
+        raise AgentkitError(f"the activator does not answer on {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(answer)
+    except ValueError:
+        raise AgentkitError(f"the activator's answer on {path} is not JSON: {answer[:80]!r}") from None
+    if "error" in data:
+        raise AgentkitError(f"the activator refused: {data['error']}")
+    return data
+
+
+def start_essential(state_dir: str, program: str, *, wait: bool, timeout: float) -> str | None:
+    """Start an essential agent's program if supervisord does not run it; None, or why not."""
+    server = rpc(state_dir).supervisor
+    try:
+        if server.getProcessInfo(program)["statename"] in ("RUNNING", "STARTING", "BACKOFF"):
+            return None
+        server.startProcess(program, wait)
+    except xmlrpc.client.Fault as exc:
+        return f"supervisord: {exc.faultString}"
+    return None
+

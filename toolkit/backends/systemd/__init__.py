@@ -90,5 +90,9 @@ class SystemdBackend(Backend):
 
         return asyncio.run(gather())
 
+    def wake(self, manifest: Manifest, host: str, agents: list, options: Options, wait: bool,
+             progress: Progress) -> dict[str, str | None]:
+        return asyncio.run(install.wake(agents, wait=wait, timeout=options.timeout, progress=progress))
+
     def recorded_profile(self, options: Options) -> str | None:
         return install.Record.read(options.root).profile

@@ -162,6 +162,10 @@ class Systemd:
             self._watching.append(await self._call(self._bus.match_signal_async(
                 SYSTEMD, path, interface, member, callback)))
 
+    async def queue(self, verb: str, unit: str, mode: str = "replace") -> str:
+        """Queue one job and return at once (its object path)."""
+        return await self._call(getattr(self._manager, f"{verb}_unit")(unit, mode))
+
     async def run_jobs(self, verb: str, units: list[str], mode: str = "replace",
                        timeout: float = 120.0, on_done=None) -> dict[str, str]:
         """Queue `verb` (start, stop, restart, try_restart) for every unit and wait for

@@ -277,3 +277,39 @@ async def stop(*, timeout: float = 120.0) -> list[str]:
         return names
     finally:
         manager.close()
+
+
+def wake_unit(agent) -> str:
+    """What a first connection starts: the agent's service, or in proxy mode its proxy (which needs
+    the agent and starts after it is ready): started alone, a StopWhenUnneeded= agent would stop
+    again at once."""
+    return units.proxy(agent.name) if agent.activation == "proxy" else units.service(agent.name)
+
+
+async def wake(agents, *, wait: bool, timeout: float = 120.0, progress=lambda line: None) -> dict[str, str | None]:
+    """Start the agents' units (their dependencies come along: Requires= and Wants=); with `wait`,
+    until each start job is done, which is once the agent is ready (READY=1 or its probe)."""
+    from .dbus import Systemd
+    manager = Systemd()
+    try:
+        wanted = {wake_unit(a): a.name for a in agents}
+        if not wait:
+            for unit in wanted:
+                await manager.queue("start", unit)
+            return {name: None for name in wanted.values()}
+
+        def done(unit: str, result: str) -> None:
+            progress(f"{wanted[unit]}: {'ready' if result == 'done' else result}")
+
+        results = await manager.run_jobs("start", list(wanted), timeout=timeout, on_done=done)
+        out: dict[str, str | None] = {}
+        for unit, name in wanted.items():
+            result = results.get(unit, "timeout")
+            if result == "done":
+                out[name] = None
+                continue
+            said = last_words(units.service(name))
+            out[name] = f"start {result}" + (f": {said}" if said else "")
+        return out
+    finally:
+        manager.close()

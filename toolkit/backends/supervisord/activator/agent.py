@@ -27,3 +27,14 @@ class Agent:
         self.waiting = 0             # of which waiting for a start
         self.last = time.monotonic()  # last byte, close, or start
         self.touched = False         # bytes moved since the last idle check
+        self.accepted = 0            # connections accepted on its public port, all told
+        self.starts = 0              # startProcess calls of ours (first connections and wakes)
+        self.last_start_s = None     # how long the last start of ours took, to ready
+        self.why = ""                # why the last start failed, until the next one is ready
+
+    def snapshot(self):
+        """What the status service reads (control.py's "state")."""
+        return {"ready": self.ready, "active": self.active, "starting": self.start_task is not None,
+                "stopping": self.stop_task is not None, "conns": self.conns, "waiting": self.waiting,
+                "accepted": self.accepted, "starts": self.starts, "last_start_s": self.last_start_s,
+                "why": self.why or None}

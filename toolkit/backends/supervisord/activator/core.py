@@ -12,6 +12,7 @@ from agentkit import proc, ready
 
 from . import PROG
 from .agent import Agent, StartFailed
+from .control import Control
 from .link import Link
 from .rpc import ALREADY_STARTED, BAD_NAME, DOWN_STATES, NOT_RUNNING, UP_STATES, SupervisorUnreachable, fault_code
 
@@ -39,6 +40,15 @@ class Activator:
                 dep.dependants.append(agent)
         self.links = set()
         self.tasks = set()
+        self.watchers = set()  # control.py's "events" clients: a queue each, of agent names
+
+    def changed(self, agent):
+        """Tell the watchers (the status service) that `agent` starts, is ready, failed or stopped."""
+        for queue in list(self.watchers):
+            try:
+                queue.put_nowait(agent.name)
+            except asyncio.QueueFull:
+                self.watchers.discard(queue)  # it does not read: let go (control.py ends its stream)
 
     def spawn(self, coro):
         task = asyncio.get_running_loop().create_task(coro)
@@ -66,6 +76,8 @@ class Activator:
                  f"{len(self.config.agents)} agents ({where or 'none'}); supervisord at {self.config.supervisor}")
         if self.notifier is not None:
             self.notifier.send("READY=1", f"STATUS=listening for {len(self.config.agents)} agents")
+        control = Control(self)
+        await control.start()
         self.spawn(self.adopt())
         if self.agents:
             self.spawn(self.idle_loop())
@@ -74,6 +86,7 @@ class Activator:
             self.notifier.send("STOPPING=1")
         log.info(f"{received[0] if received else 'stop'}: closing {len(servers)} listening sockets "
                  f"and {len(self.links)} connections")
+        control.close()
         for server in servers:
             server.close()
         for link in list(self.links):
@@ -140,17 +153,25 @@ class Activator:
         async with agent.lock:
             loop = asyncio.get_running_loop()
             began = loop.time()
+            starts = agent.starts
             try:
                 info = await self.info(agent)
                 if info["statename"] in UP_STATES and await self.probe(agent):
                     self._ready(agent)  # up and ready: e.g. started for another dependant just now
                     return
+                self.changed(agent)
                 await self.start_program(agent, info, began)
             except StartFailed as exc:
                 log.warning(f"{agent.name}: start failed after {(loop.time() - began) * 1000:.0f} ms: "
                             f"{exc}{_closing(agent)}")
+                agent.why = str(exc)
+                self.changed(agent)
                 raise
+            if agent.starts != starts:
+                agent.last_start_s = round(loop.time() - began, 6)
+            agent.why = ""
             self._ready(agent)
+            self.changed(agent)
 
     async def _start_dependency(self, agent, dep):
         try:
@@ -269,6 +290,7 @@ class Activator:
 
     async def start_process(self, agent):
         agent.active = True  # from here on, an idle check may stop what we started
+        agent.starts += 1
         try:
             await self.rpc.call("startProcess", agent.spec.program, False)
         except SupervisorUnreachable as exc:
@@ -324,6 +346,7 @@ class Activator:
                     return
                 raise RuntimeError(f"stopProcess: {getattr(exc, 'faultString', None) or exc}") from None
             agent.active = False
+            self.changed(agent)
             log.info(f"{agent.name}: stopped after {idle:.1f} s without connections "
                      f"(idle_stop {agent.spec.idle_stop:g} s), in {(time.monotonic() - began) * 1000:.0f} ms")
 

@@ -88,6 +88,7 @@ class Link:
         self.closed = False
         self.task = None
         agent.conns += 1
+        agent.accepted += 1
         activator.links.add(self)
 
     def client_connected(self):
