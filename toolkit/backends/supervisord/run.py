@@ -213,37 +213,56 @@ def _last_words(state_dir: str, program: str) -> str | None:
     return proc.last_line(text)
 
 
+def state_of(info: dict | None, optional: bool, activator_up: bool, held: dict | None = None) -> tuple[str, str]:
+    """(state, detail) of an agent from supervisord's process info and, for an optional agent, the
+    activator's snapshot of it (control.py "state"): the same states as under systemd. supervisord
+    says STARTING for startsecs after the start; the activator's probe knows when it is ready."""
+    if info is None:
+        return "not-installed", "no such program"
+    detail = info["statename"]
+    state = _STATES.get(detail)
+    if held is not None and detail in ("STARTING", "RUNNING"):
+        if held.get("ready"):
+            return "active", f"{detail}, ready ({'probed by' if detail == 'STARTING' else 'behind'} the activator)"
+        if detail == "RUNNING" or held.get("starting"):
+            return "starting", f"{detail}, not ready yet"
+    if state is None:  # STOPPED, EXITED
+        if detail == "EXITED" and info.get("exitstatus"):
+            return "failed", f"EXITED with status {info['exitstatus']}"
+        if optional and activator_up:
+            return "dormant", f"{detail}, port held by the activator"
+        return "inactive", detail
+    if detail == "FATAL":
+        return state, f"FATAL: start limit hit ({info.get('description', '')})"
+    return state, detail
+
+
+def held_agents(state_dir: str) -> dict[str, dict]:
+    """The activator's snapshot of every optional agent, or {} when it does not answer."""
+    try:
+        return control(state_dir, {"op": "state"}, timeout=5)["agents"]
+    except AgentkitError:
+        return {}
+
+
 def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) -> list[AgentStatus]:
-    """Every agent of `host`: the same states as under systemd, read from supervisord."""
+    """Every agent of `host`: the same states as under systemd, read from supervisord and the activator."""
     infos = {i["name"]: i for i in rpc(state_dir).supervisor.getAllProcessInfo()}
     activator_up = infos.get(ACTIVATOR, {}).get("statename") == "RUNNING"
+    held = held_agents(state_dir) if activator_up else {}
     rows = []
     for agent in graph.on_host(manifest, host, profile):
         info = infos.get(agent.name)
-        if info is None:
-            state, detail = "not-installed", "no such program"
-        else:
-            detail = info["statename"]
-            state = _STATES.get(detail)
-            if state is None:  # STOPPED, EXITED
-                if detail == "EXITED" and info.get("exitstatus"):
-                    state = "failed"
-                    detail = f"EXITED with status {info['exitstatus']}"
-                elif agent.optional and activator_up:
-                    state = "dormant"
-                    detail = f"{detail}, port held by the activator"
-                else:
-                    state = "inactive"
-            if detail == "FATAL":
-                detail = f"FATAL: start limit hit ({info.get('description', '')})"
-            if state == "failed" or info["statename"] == "BACKOFF":
-                said = _last_words(state_dir, agent.name)  # why, in the program's own words
-                if said:
-                    detail += f": {said}"
+        state, detail = state_of(info, agent.optional, activator_up, held.get(agent.name))
+        if info is not None and (state == "failed" or info["statename"] == "BACKOFF"):
+            said = _last_words(state_dir, agent.name)  # why, in the program's own words
+            if said:
+                detail += f": {said}"
         pid = info["pid"] if info else 0
         since = info["start"] if info and state in ("active", "starting") else (info or {}).get("stop") or None
+        last = (held.get(agent.name) or {}).get("last_start_s")
         rows.append(AgentStatus(agent.name, agent.essential, agent.name, state, detail,
-                                float(since) if since else None, None, rss(pid) if pid else None, None, None))
+                                float(since) if since else None, None, rss(pid) if pid else None, last, None))
     return rows
 
 
