@@ -456,6 +456,9 @@ def _next_steps(obj: Context, hosts: list[str], backend: Backend, chosen_backend
     found = (["--backend", chosen_backend] if chosen_backend != "auto" else []) + \
         (["--state-dir", state_dir] if state_dir else [])
     lines = [(given + ["status"] + found, "every agent: dormant, active, failed, ...")]
+    for host in hosts:
+        url = f"http://127.0.0.1:{m.hosts[host].status_port}/"
+        lines.append((["curl", url + "health"], f"{host}'s status service (open {url} for its live page)"))
     optional = [a for a in m.agents.values() if a.host in hosts and a.optional]
     deepest = max(optional, key=lambda a: len(graph.closure(m, [a.name])), default=None)
     if deepest is not None:

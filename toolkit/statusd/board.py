@@ -104,6 +104,8 @@ class Board:
     def observe(self, name: str, now: Observation) -> list[dict]:
         """Record an agent's new observation; the events it implies, already published."""
         row = self.rows[name]
+        if now == row.seen:
+            return []  # read again, nothing changed (a source that polls)
         before, row.seen = row.seen, now
         self.version += 1
         if before.state == "not-installed" and before.detail == "not read yet":

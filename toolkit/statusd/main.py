@@ -32,28 +32,41 @@ def _listen(ctx, param, values) -> list[tuple[str, int]]:
 @click.option("--listen", multiple=True, default=["127.0.0.1:8202"], callback=_listen,
               help="HOST:PORT to serve on (repeatable; a host name is resolved)")
 @click.option("--host", "host_name", required=True, help="the manifest's name of this host")
+@click.option("--backend", type=click.Choice(["systemd", "supervisord"]), default="systemd",
+              help="who runs the agents: systemd (read over D-Bus) or supervisord (agentkit up)")
+@click.option("--state-dir", type=click.Path(file_okay=False, exists=True),
+              help="supervisord: the state directory of agentkit up (its socket, activator.json)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
-def main(listen: list[tuple[str, int]], host_name: str, log_level: str) -> None:
+def main(listen: list[tuple[str, int]], host_name: str, backend: str, state_dir: str | None, log_level: str) -> None:
     """The host's status service: /health, /metrics, /events and a live page of every agent."""
     logs.setup(units.STATUS_PROGRAM, level=log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    sys.exit(asyncio.run(serve(listen, host_name)))
+    if backend == "supervisord" and not state_dir:
+        raise click.UsageError("--backend supervisord needs --state-dir")
+    sys.exit(asyncio.run(serve(listen, host_name, backend, state_dir)))
 
 
-async def serve(listen: list[tuple[str, int]], host_name: str) -> int:
+def _source(backend: str, board: Board, state_dir: str | None):
+    if backend == "supervisord":
+        from .supervisord import SupervisordSource
+        return SupervisordSource(board, state_dir)
     from .systemd import SystemdSource  # sdbus only here
+    return SystemdSource(board)
 
+
+async def serve(listen: list[tuple[str, int]], host_name: str, backend: str = "systemd",
+                state_dir: str | None = None) -> int:
     log = logging.getLogger(units.STATUS_PROGRAM)
     board = Board(host_name)
-    source = SystemdSource(board)
+    source = _source(backend, board, state_dir)
     notifier = Notifier(os.environ)
     runner = web.AppRunner(make_app(board, source.sample), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         try:
             await source.start()
-        except AgentkitError as exc:
-            log.error("%s", exc)
+        except (AgentkitError, OSError) as exc:
+            log.error("cannot read the %s host: %s", backend, exc)
             return 1
         serving = []
         for address, port in listen:

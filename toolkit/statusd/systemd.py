@@ -15,7 +15,7 @@ import logging
 import os
 
 from .. import units
-from ..backends import rss
+from ..backends import process_cpu, rss
 from ..backends.systemd.dbus import NO_VALUE, Systemd, UnitState
 from ..backends.systemd.status import state_of
 from .board import Board, Observation
@@ -193,14 +193,3 @@ def cgroup_usage(path: str) -> tuple[int | None, float | None]:
         pass
     return memory, cpu
 
-
-def process_cpu(pid: int) -> float | None:
-    """User and system CPU seconds of one process, from /proc/PID/stat."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None

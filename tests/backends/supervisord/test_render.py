@@ -28,7 +28,7 @@ from types import SimpleNamespace
 import pytest
 
 from agentkit.programs import resolve as resolve_program
-from agentkit import graph, manifest
+from agentkit import graph, manifest, units
 from agentkit.errors import AgentkitError, ManifestError
 from agentkit.backends.supervisord.render import (ACTIVATOR, command_value, environment_value, plan_supervisord,
                                   supervised_environment)
@@ -196,7 +196,12 @@ def _check_against_manifest(m, host, opts, profile=None):
     """What every rendered supervisord.conf must say about the manifest's agents."""
     agents = [a for a in graph.selected(m, profile) if a.host == host]
     programs = programs_of(opts)
-    assert set(programs) == {a.name for a in agents} | {ACTIVATOR}
+    assert set(programs) == {a.name for a in agents} | {ACTIVATOR, units.STATUS_PROGRAM}
+    status = programs[units.STATUS_PROGRAM]
+    assert status.autostart and status.autorestart
+    words = shlex.split(status.command)
+    assert words[:6] == [f"{BIN}/agentkit-status", "--backend", "supervisord", "--state-dir", STATE, "--host"]
+    assert words[6] == host and f"{m.hosts[host].status_port}" in words[-1]
     activator = programs[ACTIVATOR]
     assert activator.autostart and activator.priority == 1
     assert shlex.split(activator.command) == [f"{BIN}/agentkit-activator", "--config", f"{STATE}/activator.json"]
@@ -256,7 +261,8 @@ def test_the_reference_fleet_has_77_programs_and_the_activators_53_agents(parse)
         files = plan_files(m, host)
         programs = programs_of(parse(files["supervisord.conf"]))
         activator = json.loads(files["activator.json"])
-        counts[host] = (len(programs) - 1, sum(p.autostart for p in programs.values()) - 1, len(activator["agents"]))
+        # Less the activator and the status service: the agents.
+        counts[host] = (len(programs) - 2, sum(p.autostart for p in programs.values()) - 2, len(activator["agents"]))
     assert counts == {"mainpc": (55, 16, 39), "pc2": (22, 8, 14)}
     assert sum(c[0] for c in counts.values()) == 77 and sum(c[2] for c in counts.values()) == 53
 

@@ -65,6 +65,7 @@ from ...checks import Issue, port_owners
 from ...errors import AgentkitError
 from ...files import RenderedFile
 from ...model import Agent, Manifest
+from ...statusd import where as status_where
 from .config import AgentSpec, Config as ActivatorConfig
 
 CONF = "supervisord.conf"
@@ -323,6 +324,13 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
         "pidfile": path(state_dir, "supervisord.pid", what="state_dir"),
         "childlogdir": path(logs, what="state_dir"),
         "identifier": ini_value(_identifier(manifest, host), "identifier (fleet name and host)"),
+        "status": {
+            "name": units.STATUS_PROGRAM,
+            "command": command_value([posixpath.join(bin_dir, units.STATUS_PROGRAM), "--backend", "supervisord",
+                                      "--state-dir", state_dir, "--host", host]
+                                     + [w for a in status_where.listen(manifest.hosts[host]) for w in ("--listen", a)]),
+            "logfile": path(logs, f"{units.STATUS_PROGRAM}.log", what="state_dir"),
+        },
         "activator": {
             "name": ACTIVATOR,
             "command": command_value((posixpath.join(bin_dir, ACTIVATOR), "--config",

@@ -7,7 +7,6 @@ templates always give the same bytes, sorted by path, so golden files and
 
 from __future__ import annotations
 
-import ipaddress
 import os
 
 import jinja2
@@ -16,6 +15,7 @@ from ... import env as contract, escape, graph, programs, templating, units, val
 from ...files import RenderedFile
 from ...model import Manifest
 from ...router.settings import ROUTER_SETTINGS, router_flag_value
+from ...statusd import where
 
 SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 SYSUSERS = "/usr/bin/systemd-sysusers"
@@ -34,35 +34,10 @@ def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
     return groups
 
 
-def status_listen(host) -> list[str]:
-    """The HOST:PORT agentkit-status listens on: its bind, or loopback and the host's address."""
-    port = host.status_port
-    if host.status_bind != "address":
-        return [f"{host.status_bind}:{port}"]
-    listen = [f"127.0.0.1:{port}"]
-    try:
-        if ipaddress.ip_address(host.address).is_loopback:
-            return listen
-    except ValueError:
-        pass  # a name: resolved when the service starts
-    return listen + [f"[{host.address}]:{port}" if ":" in host.address else f"{host.address}:{port}"]
-
-
-def _loopback_only(listens: list[str]) -> bool:
-    """Whether every HOST:PORT is a loopback address (a name might not be)."""
-    for listen in listens:
-        try:
-            if not ipaddress.ip_address(listen.rpartition(":")[0].strip("[]")).is_loopback:
-                return False
-        except ValueError:
-            return False
-    return True
-
-
 def status_command(host, bin_dir: str) -> list[str]:
     """agentkit-status's argv for a host of the manifest."""
     argv = [os.path.join(bin_dir, units.STATUS_PROGRAM)]
-    for listen in status_listen(host):
+    for listen in where.listen(host):
         argv += ["--listen", listen]
     return argv + ["--host", host.name]
 
@@ -173,7 +148,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
         files.append(RenderedFile(units.STATUS, status_t.render(
             host=host, source=os.path.basename(manifest.hosts[host].where.file), target=units.TARGET,
             slice=units.ROOT_SLICE, command=escape.systemd_exec(status_command(manifest.hosts[host], bin_dir)),
-            loopback=_loopback_only(status_listen(manifest.hosts[host])),
+            loopback=where.loopback_only(where.listen(manifest.hosts[host])),
             agent={"user": units.STATUS_USER}, user=units.STATUS_USER, user_unit=units.STATUS_USER_UNIT,
         )))
         files.append(RenderedFile(units.STATUS_USER_UNIT, status_user_t.render(
