@@ -150,8 +150,8 @@ def test_unknown_keys_in_an_agent(problems):
         """)}) == [
         "agents/g.yaml:7: agents.A.prot: unknown key (did you mean 'port'?)",
         "agents/g.yaml:8: agents.A.colour: unknown key (known: host, essential, group, description, command, "
-        "port, health_port, depends_on, activation, private_port, idle_stop, service_type, ready, start_timeout, "
-        "watchdog, restart, memory_max, cpu_weight, gpu_memory, slice, environment, user, working_directory, "
+        "port, health_port, depends_on, activation, private_port, idle_stop, service_type, ready, liveness, "
+        "start_timeout, cold_start_slo, watchdog, restart, memory_max, cpu_weight, gpu_memory, slice, environment, user, working_directory, "
         "writable_paths, sandbox)",
     ]
 
@@ -184,7 +184,7 @@ def test_unknown_keys_in_a_host(problems):
             zzz: 1
         """) == [
         "agents/fleet.yaml:3: hosts.alpha.adress: unknown key (did you mean 'address'?)",
-        "agents/fleet.yaml:4: hosts.alpha.zzz: unknown key (known: address, environment, ports)",
+        "agents/fleet.yaml:4: hosts.alpha.zzz: unknown key (known: address, environment, ports, status)",
     ]
 
 
@@ -1236,3 +1236,25 @@ def test_address_after_the_subcommand_reaches_the_model(workdir):
     result = CliRunner().invoke(cli, ["show", "--json", "-m", "lab", "--address", "mainpc=10.1.2.3"])
     assert result.exit_code == 0, result.output
     assert '"address": "10.1.2.3"' in result.output
+
+
+@pytest.mark.parametrize("value, message", [
+    ("often", "expected {http: /path} or {tcp: true}, with interval and failures, got 'often'"),
+    ("{interval: 5s}", "say one probe: http: /path (answers 2xx) or tcp: true (the port accepts)"),
+    ("{http: /h, tcp: true}", "say one probe: http: /path (answers 2xx) or tcp: true (the port accepts)"),
+    ("{http: health}", "http: expected a path that starts with '/'"),
+    ("{tcp: 8080}", "tcp: expected true, got 8080"),
+    ("{http: /h, interval: 10ms}", "interval: at least 100ms, got '10ms'"),
+    ("{http: /h, failures: 0}", "failures: expected a whole number from 1 to 100, got 0"),
+    ("{http: /h, every: 5s}", "unknown key 'every' (known: http, tcp, interval, failures)"),
+])
+def test_liveness_problems_name_the_setting(problems, value, message):
+    found = problems({"g.yaml": f"""\
+        host: alpha
+        agents:
+          A:
+            command: [agentkit-agent]
+            port: 7001
+            liveness: {value}
+        """})
+    assert len(found) == 1 and found[0].startswith("agents/g.yaml:6: agents.A.liveness: " + message), found

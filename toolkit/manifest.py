@@ -486,7 +486,7 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
         command=command, port=port, health_port=get("health_port"),
         depends_on=get("depends_on"), activation=activation, private_port=private_port,
         idle_stop=get("idle_stop"), service_type=service_type, ready=ready, start_timeout=get("start_timeout"),
-        cold_start_slo=get("cold_start_slo"), watchdog=get("watchdog"), restart=restart, memory_max=get("memory_max"), cpu_weight=get("cpu_weight"),
+        cold_start_slo=get("cold_start_slo"), liveness=get("liveness"), watchdog=get("watchdog"), restart=restart, memory_max=get("memory_max"), cpu_weight=get("cpu_weight"),
         gpu_memory=get("gpu_memory"), slice=slice_name, environment=tuple(env.items()), user=get("user"),
         working_directory=get("working_directory"), writable_paths=get("writable_paths"),
         sandbox=get("sandbox"), where=Location(doc.file, doc.line(path)),

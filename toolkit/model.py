@@ -28,6 +28,18 @@ class Restart:
 
 
 @dataclass(frozen=True)
+class Liveness:
+    """Whether a running agent still answers (the manifest's `liveness`): its port accepts (tcp)
+    or `path` answers 2xx (http), probed every `interval` microseconds; `failures` misses in a
+    row and it is killed, so that its restart policy brings it back. A dormant agent is never probed."""
+
+    kind: str  # tcp or http
+    path: str | None
+    interval: int
+    failures: int
+
+
+@dataclass(frozen=True)
 class Readiness:
     """When an agent is ready (the manifest's `ready`): notify (it sends READY=1), started
     (its process runs), port (its listening port accepts), http (`path` answers 2xx on it),
@@ -56,6 +68,7 @@ class Agent:
     ready: Readiness
     start_timeout: int
     cold_start_slo: int  # microseconds, like start_timeout: the alert rules' threshold
+    liveness: Liveness | None
     watchdog: int | None
     restart: Restart
     memory_max: int | str | None

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from . import env as contract, values
-from .model import Readiness
+from .model import Liveness, Readiness
 
 AGENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}$")
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -180,6 +180,33 @@ def readiness(value: Any) -> Readiness:
         if key == "command":
             return Readiness("command", command=argv(item))
     raise ValueError(f"expected {_READY_FORMS}, got {show(value)}")
+
+
+LIVENESS_KEYS = ("http", "tcp", "interval", "failures")
+
+
+def liveness(value: Any) -> Liveness:
+    """{http: /path} or {tcp: true}, with interval (default 10s) and failures (default 3)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected {{http: /path}} or {{tcp: true}}, with interval and failures, got {show(value)}")
+    unknown = [k for k in value if k not in LIVENESS_KEYS]
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(LIVENESS_KEYS)})")
+    kinds = [k for k in ("http", "tcp") if k in value]
+    if len(kinds) != 1:
+        raise ValueError("say one probe: http: /path (answers 2xx) or tcp: true (the port accepts)")
+    path = None
+    if kinds[0] == "http":
+        path = readiness({"http": value["http"]}).path
+    elif value["tcp"] is not True:
+        raise ValueError(f"tcp: expected true, got {show(value['tcp'])}")
+    interval = span(value.get("interval", "10s"))
+    if interval < 100_000:
+        raise ValueError(f"interval: at least 100ms, got {show(value.get('interval'))}")
+    failures = value.get("failures", 3)
+    if isinstance(failures, bool) or not isinstance(failures, int) or not 1 <= failures <= 100:
+        raise ValueError(f"failures: expected a whole number from 1 to 100, got {show(failures)}")
+    return Liveness(kinds[0], path, interval, failures)
 
 
 def abs_path(value: Any) -> str:

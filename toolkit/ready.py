@@ -147,7 +147,63 @@ def probe_for(kind: str, host: str, port: int, path: str | None = None, argv: li
 
 
 USAGE = (f"usage: {PROG} --timeout SECONDS (--port HOST:PORT | --http HOST:PORT PATH | --command PROGRAM [ARG...])\n"
-         "Wait until an agent is ready, or time out (exit 1).")
+         "Wait until an agent is ready, or time out (exit 1).\n"
+         f"       {PROG} --live SECONDS FAILURES UNIT (--port HOST:PORT | --http HOST:PORT PATH)\n"
+         "Probe a running agent every SECONDS; after FAILURES misses in a row, kill UNIT's main process\n"
+         "(systemctl kill), so that its restart policy starts it again.")
+LIVE_TIMEOUT = 5.0  # s one liveness probe may take (less when the interval is shorter)
+
+
+def live(probe, interval: float, failures: int, on_dead, say=print) -> None:
+    """Probe every `interval` seconds for as long as the agent runs (systemd stops us with it:
+    BindsTo=); `failures` misses in a row call on_dead() once, then the count starts over."""
+    misses = 0
+    next_at = time.monotonic() + interval
+    while True:
+        # On a fixed beat, a probe's own time included: `failures` misses take `failures` intervals.
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        next_at = max(next_at + interval, time.monotonic())
+        ok, said = probe()
+        if ok:
+            if misses:
+                say(f"{PROG}: answers again: {said}")
+            misses = 0
+            continue
+        misses += 1
+        say(f"{PROG}: no answer ({misses} of {failures}): {said}")
+        if misses >= failures:
+            on_dead()
+            misses = 0
+
+
+def _kill(unit: str) -> None:
+    import subprocess
+
+    print(f"{PROG}: {unit} stopped answering: killing its main process, for its restart policy to start "
+          "it again", flush=True)
+    done = subprocess.run(["systemctl", "kill", "--kill-who=main", "--signal=SIGKILL", unit],
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    if done.returncode != 0:
+        print(f"{PROG}: systemctl kill {unit} failed: {done.stderr.decode(errors='replace').strip()}", flush=True)
+
+
+def live_main(argv: list[str]) -> int:
+    if len(argv) < 5 or not argv[1].replace(".", "", 1).isdigit() or not argv[2].isdigit():
+        raise ValueError("--live SECONDS FAILURES UNIT, then one probe")
+    interval, failures, unit = float(argv[1]), int(argv[2]), argv[3]
+    kind, rest = argv[4], argv[5:]
+    timeout = min(LIVE_TIMEOUT, interval * 0.9)  # an answer slower than the beat is a miss
+    if kind == "--port" and len(rest) == 1:
+        host, port = _address(rest[0])
+        probe = lambda: port_ready(host, port, timeout)  # noqa: E731
+    elif kind == "--http" and len(rest) == 2 and rest[1].startswith("/"):
+        host, port = _address(rest[0])
+        probe = lambda: http_ready(host, port, rest[1], timeout)  # noqa: E731
+    else:
+        raise ValueError(f"unknown liveness probe {' '.join(argv[4:])!r}")
+    print(f"{PROG}: watching {unit} every {interval:g} s ({failures} misses in a row: killed)", flush=True)
+    live(probe, interval, failures, lambda: _kill(unit), say=lambda line: print(line, flush=True))
+    return 0
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -178,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     try:
+        if args[:1] == ["--live"]:
+            return live_main(args)
         timeout, probe, interval = parse(args)
     except ValueError as exc:
         print(f"{PROG}: {exc}\n{USAGE}", file=sys.stderr)

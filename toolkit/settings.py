@@ -104,6 +104,13 @@ AGENT_SETTINGS: dict[str, Setting] = {
                 "answers 2xx) or `{command: [argv]}` (it exits 0); the unit is active, and its dependants and "
                 "clients go on, only then",
                 "`notify` if `service_type` is, else `port` (`started` for `native`)"),
+    "liveness": _S(parsers.optional(parsers.liveness), None,
+                   "{http: /path} or {tcp: true}, interval (10s), failures (3): a running agent that stops "
+                   "answering is killed and restarted",
+                   "`{http: /path}` (answers 2xx) or `{tcp: true}` (accepts), on `health_port` if set, else the "
+                   "port the program listens on; with `interval` (default `10s`) and `failures` (default `3`): "
+                   "that many misses in a row and the agent is killed, and its `restart` policy brings it back. "
+                   "Only a running agent is probed, never a dormant one"),
     "start_timeout": _S(parsers.span, 30_000_000, "TimeoutStartSec=: how long a start may take",
                         "`TimeoutStartSec=`"),
     "cold_start_slo": _S(parsers.span, 30_000_000, "a cold start slower than this fires an alert",

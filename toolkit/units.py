@@ -35,6 +35,11 @@ def proxy(name: str) -> str:
     return f"{PREFIX}{name}-proxy.service"
 
 
+def live(name: str) -> str:
+    """The unit that probes a running agent's liveness (the manifest's `liveness`)."""
+    return f"{PREFIX}{name}-live.service"
+
+
 def socket(name: str, activation: str) -> str:
     """The socket that holds an optional agent's port: the proxy's in proxy mode."""
     suffix = "-proxy" if activation == "proxy" else ""

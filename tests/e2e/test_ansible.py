@@ -265,7 +265,7 @@ def test_rollout_to_two_hosts(lab_factory, tmp_path, record_property):
     preview = rollout.run("--check", "--diff", manifest=changed)
     assert preview.status("Compare the installed units with the manifest", "pc2") == "changed"
     assert preview.status("Compare the installed units with the manifest", "mainpc") == "ok"
-    assert f"+Environment=AGENTKIT_DEPENDS=ResourceManager=127.0.0.1:7113" in preview.result.stdout
+    assert "+Environment=AGENTKIT_DEPENDS=ResourceManager=127.0.0.1:7113" in preview.result.stdout
     assert invocations(lab, "pc2") == before["pc2"]  # --check changed nothing
     third = rollout.run(manifest=changed)
     assert third.status("Install the units and start the essential agents", "mainpc") == "ok"

@@ -39,6 +39,8 @@ class SystemdBackend(Backend):
             names = [units.service(agent.name)]
             if agent.activation == "proxy":
                 names.append(units.proxy(agent.name))
+            if agent.liveness is not None:
+                names.append(units.live(agent.name))
             for unit in names:
                 stem = unit.rsplit(".", 1)[0]
                 other = owners.setdefault(stem.lower(), agent.name)

@@ -21,7 +21,7 @@ SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 SYSUSERS = "/usr/bin/systemd-sysusers"
 TEMPLATES = ["agent.service.j2", "agent.socket.j2", "proxy.service.j2", "agentkit.target.j2", "agentkit.slice.j2",
              "agentkit-rearm@.timer.j2", "agentkit-rearm@.service.j2", "router.service.j2", "status.service.j2",
-             "status-user.service.j2"]
+             "status-user.service.j2", "live.service.j2"]
 
 
 def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
@@ -64,6 +64,16 @@ def ready_command(agent, bin_dir: str) -> str | None:
     return escape.systemd_exec(probe + ["--command", *programs.argv(ready.command, bin_dir, port)])
 
 
+def live_command(agent, bin_dir: str) -> list[str]:
+    """agentkit-ready --live for an agent: its health port if it has one, else the port its program
+    listens on (the private one behind the proxy)."""
+    live = agent.liveness
+    port = contract.loopback(agent.health_port or contract.listen_port(agent))
+    probe = ["--port", port] if live.kind == "tcp" else ["--http", port, live.path]
+    return programs.ready_probe(bin_dir) + ["--live", f"{live.interval / 1e6:g}", str(live.failures),
+                                            units.service(agent.name)] + probe
+
+
 def dependencies(agent, on_host: dict) -> tuple[list[str], list[str]]:
     """(Requires= and After=, Wants=) of an agent's unit, for its dependencies on this host.
 
@@ -96,7 +106,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
     """Every unit file of `host` for `profile`, sorted by path."""
     agents = graph.on_host(manifest, host, profile)
     (service_t, socket_t, proxy_t, target_t, slice_t, rearm_timer_t, rearm_service_t,
-     router_t, status_t, status_user_t) = templating.templates("systemd", TEMPLATES, templates).values()
+     router_t, status_t, status_user_t, live_t) = templating.templates("systemd", TEMPLATES, templates).values()
 
     profile_name = profile or manifest.default_profile
     on_host = {a.name: a for a in agents}
@@ -104,6 +114,8 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
     try:
         for agent in agents:
             requires, wants = dependencies(agent, on_host)
+            if agent.liveness is not None:
+                wants = wants + [units.live(agent.name)]
             service = units.service(agent.name)
             socket = units.socket(agent.name, agent.activation)
             common = {"agent": agent, "unit": service, "source": os.path.basename(agent.where.file)}
@@ -117,6 +129,10 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 slice=units.slice_(agent.slice),
                 target=units.TARGET,
             )))
+            if agent.liveness is not None:
+                files.append(RenderedFile(units.live(agent.name), live_t.render(
+                    common, target=units.TARGET, slice=units.slice_(agent.slice),
+                    command=escape.systemd_exec(live_command(agent, bin_dir)))))
             if agent.optional:
                 files.append(RenderedFile(socket, socket_t.render(
                     common, target=units.TARGET, proxy=units.proxy(agent.name) if agent.activation == "proxy" else None)))
