@@ -36,29 +36,50 @@ def _listen(ctx, param, values) -> list[tuple[str, int]]:
               help="who runs the agents: systemd (read over D-Bus) or supervisord (agentkit up)")
 @click.option("--state-dir", type=click.Path(file_okay=False, exists=True),
               help="supervisord: the state directory of agentkit up (its socket, activator.json)")
+@click.option("--live", "liveness", multiple=True, metavar="NAME,SECONDS,FAILURES,KIND,HOST:PORT[,PATH]",
+              help="supervisord: probe this agent while it runs (tcp, or http PATH); after FAILURES misses in a "
+                   "row, have supervisord kill it so that it restarts (repeatable)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
-def main(listen: list[tuple[str, int]], host_name: str, backend: str, state_dir: str | None, log_level: str) -> None:
+def main(listen: list[tuple[str, int]], host_name: str, backend: str, state_dir: str | None, liveness: tuple[str, ...],
+         log_level: str) -> None:
     """The host's status service: /health, /metrics, /events and a live page of every agent."""
     logs.setup(units.STATUS_PROGRAM, level=log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if backend == "supervisord" and not state_dir:
         raise click.UsageError("--backend supervisord needs --state-dir")
-    sys.exit(asyncio.run(serve(listen, host_name, backend, state_dir)))
+    try:
+        probes = [_probe(text) for text in liveness]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--live") from None
+    if probes and backend != "supervisord":
+        raise click.UsageError("--live is for supervisord: under systemd each agent's liveness is a unit")
+    sys.exit(asyncio.run(serve(listen, host_name, backend, state_dir, probes)))
 
 
-def _source(backend: str, board: Board, state_dir: str | None):
+def _probe(text: str):
+    from .liveness import Probe
+
+    parts = text.split(",", 5)
+    if len(parts) < 5 or parts[3] not in ("tcp", "http") or (parts[3] == "http") != (len(parts) == 6):
+        raise ValueError(f"expected NAME,SECONDS,FAILURES,tcp,HOST:PORT or NAME,SECONDS,FAILURES,http,HOST:PORT,PATH, "
+                         f"got {text!r}")
+    host, _, port = parts[4].rpartition(":")
+    return Probe(parts[0], float(parts[1]), int(parts[2]), parts[3], host, int(port), parts[5] if len(parts) == 6 else None)
+
+
+def _source(backend: str, board: Board, state_dir: str | None, probes=()):
     if backend == "supervisord":
         from .supervisord import SupervisordSource
-        return SupervisordSource(board, state_dir)
+        return SupervisordSource(board, state_dir, probes)
     from .systemd import SystemdSource  # sdbus only here
     return SystemdSource(board)
 
 
 async def serve(listen: list[tuple[str, int]], host_name: str, backend: str = "systemd",
-                state_dir: str | None = None) -> int:
+                state_dir: str | None = None, probes=()) -> int:
     log = logging.getLogger(units.STATUS_PROGRAM)
     board = Board(host_name)
-    source = _source(backend, board, state_dir)
+    source = _source(backend, board, state_dir, probes)
     notifier = Notifier(os.environ)
     runner = web.AppRunner(make_app(board, source.sample), access_log=None, handle_signals=False)
     await runner.setup()

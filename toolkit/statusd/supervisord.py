@@ -21,6 +21,7 @@ from ..backends import process_cpu, rss
 from ..backends.supervisord import run
 from ..backends.supervisord.config import Config
 from ..backends.supervisord.render import ACTIVATOR, ACTIVATOR_CONFIG, CONTROL
+from . import liveness
 from .board import Board, Observation
 
 log = logging.getLogger(units.STATUS_PROGRAM)
@@ -29,9 +30,10 @@ NOT_OURS = (ACTIVATOR, units.STATUS_PROGRAM)
 
 
 class SupervisordSource:
-    def __init__(self, board: Board, state_dir: str) -> None:
+    def __init__(self, board: Board, state_dir: str, probes=()) -> None:
         self.board = board
         self.state_dir = state_dir
+        self.probes = list(probes)
         self.optional: set[str] = set()
         self.started: dict[str, float] = {}   # program -> the start time last seen
         self.ours: dict[str, int] = {}        # agent -> the activator's starts last seen
@@ -49,6 +51,14 @@ class SupervisordSource:
         self.board.source_up = True
         loop = asyncio.get_running_loop()
         self.tasks = [loop.create_task(self.poll()), loop.create_task(self.follow())]
+        for probe in self.probes:
+            if probe.agent in self.board.rows:
+                self.tasks.append(loop.create_task(liveness.watch(
+                    probe, lambda name=probe.agent: self.board.rows[name].seen.state == "active", self.kill)))
+
+    async def kill(self, name: str) -> None:
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: run.rpc(self.state_dir).supervisor.signalProcess(name, "KILL"))
 
     def close(self) -> None:
         for task in self.tasks:

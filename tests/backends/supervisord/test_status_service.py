@@ -130,3 +130,45 @@ def test_health_answers_503_while_an_essential_agent_is_down(lab):
     assert answer["essential_down"] == ["Base"]
     server.startProcess("Base", True)
     wait_for(lambda: _health(port)[0] == 200, "/health 200 again")
+
+
+def test_a_hung_agent_is_killed_and_restarted_by_its_liveness_probe(tmp_path):
+    from pathlib import Path
+
+    program = Path(__file__).resolve().parents[2] / "e2e" / "programs" / "hangs_on_usr1.py"
+    status_port, port = free_ports(2)
+    root = tmp_path / "agents"
+    root.mkdir()
+    (root / "fleet.yaml").write_text(textwrap.dedent(f"""\
+        name: livelab
+        hosts:
+          lab: {{address: 127.0.0.1, status: {{port: {status_port}}}}}
+        defaults:
+          restart: {{policy: on-failure, delay: 200ms, burst: 5, interval: 10s}}
+        """))
+    (root / "lab.yaml").write_text(textwrap.dedent(f"""\
+        host: lab
+        agents:
+          Hangs:
+            essential: true
+            command: [{program}, "{{port}}"]
+            port: {port}
+            liveness: {{http: /, interval: 1s, failures: 2}}
+        """))
+    state = tmp_path / "state"
+    run("up", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state), manifest=root)
+    try:
+        server = supervisor_run.rpc(str(state)).supervisor
+        wait_for(lambda: _health(status_port)[0] == 200, "/health 200", timeout=30)
+        before = server.getProcessInfo("Hangs")["pid"]
+        assert http_get(port, "/")[0] == 200
+        os.kill(before, signal.SIGUSR1)  # from now on it accepts and never answers
+        wait_for(lambda: server.getProcessInfo("Hangs")["pid"] not in (0, before), "a new Hangs process",
+                 timeout=30, interval=0.1)
+        wait_for(lambda: http_get(port, "/", timeout=5)[0] == 200, "the new process to answer", timeout=30)
+        wait_for(lambda: metric(_metrics(status_port), "agentkit_agent_restarts_total", agent="Hangs") == 1,
+                 "the restart counted", timeout=10)
+        log = (state / "logs" / "agentkit-status.log").read_text()
+        assert "Hangs stopped answering: killing it" in log, log[-2000:]
+    finally:
+        run("down", "--backend", "supervisord", "--state-dir", str(state), manifest=root, check=False, timeout=120)

@@ -267,6 +267,16 @@ def probe(agent: Agent, bin_dir: str, port: int) -> tuple[str, ...]:
 
 # --- the plan -------------------------------------------------------------------
 
+def live_option(agent: Agent, privates: dict[str, int]) -> str:
+    """agentkit-status's --live for an agent: NAME,INTERVAL,FAILURES,KIND,HOST:PORT[,PATH], its health
+    port if it has one, else the port its program listens on. Under supervisord the status
+    service probes (it may ask supervisord to kill a program; nothing else may)."""
+    live = agent.liveness
+    port = agent.health_port or contract.listen_port(agent, privates.get(agent.name))
+    return ",".join([agent.name, f"{live.interval / 1e6:g}", str(live.failures), live.kind, f"127.0.0.1:{port}"]
+                    + ([live.path] if live.kind == "http" else []))
+
+
 def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, *, bin_dir: str,
                      state_dir: str, templates: str | None = None) -> list[RenderedFile]:
     """supervisord.conf and activator.json for `host` and `profile`, sorted by path."""
@@ -328,7 +338,8 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
             "name": units.STATUS_PROGRAM,
             "command": command_value([posixpath.join(bin_dir, units.STATUS_PROGRAM), "--backend", "supervisord",
                                       "--state-dir", state_dir, "--host", host]
-                                     + [w for a in status_where.listen(manifest.hosts[host]) for w in ("--listen", a)]),
+                                     + [w for a in status_where.listen(manifest.hosts[host]) for w in ("--listen", a)]
+                                     + [w for a in agents if a.liveness for w in ("--live", live_option(a, privates))]),
             "logfile": path(logs, f"{units.STATUS_PROGRAM}.log", what="state_dir"),
         },
         "activator": {
