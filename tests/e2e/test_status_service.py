@@ -83,6 +83,7 @@ def lab(container_factory, tmp_path):
     container = container_factory(hostname="lab", bind_ro=[str(manifest)])
     install(container, manifest, "lab")
     wait_for(lambda: health()[0] == 200, "/health to answer 200")
+    container.manifest = manifest  # for the tests that run agentkit in it
     return container
 
 
@@ -166,3 +167,27 @@ def test_the_status_service_comes_back_after_the_system_bus_restarts(lab):
     with EventStream(STATUS_PORT) as stream:
         assert request(17102, {"action": "ping"})["ok"]
         stream.wait("Lazy", "ready")
+
+
+def test_wake_starts_an_agent_with_no_client_and_idle_stop_follows(lab):
+    container = lab
+    with EventStream(STATUS_PORT) as stream:
+        woke = container.run([test_fleet.AGENTKIT, "-m", str(container.manifest), "wake", "Lazy", "--wait",
+                              "--host", "lab"], check=False, timeout=60)
+        assert woke.returncode == 0 and woke.stdout.splitlines() == ["Lazy: ready"], woke.stdout + woke.stderr
+        assert show(container, "agentkit-Lazy.service", "ActiveState")["ActiveState"] == "active"
+        stream.wait("Lazy", "ready")
+        stream.wait("Lazy", "idle-stop", timeout=30)  # nobody used it: it stops by itself
+    assert {a["name"]: a["state"] for a in health()[1]["agents"]}["Lazy"] == "dormant"
+    unknown = container.run([test_fleet.AGENTKIT, "-m", str(container.manifest), "wake", "Lazzy",
+                             "--host", "lab"], check=False)
+    assert unknown.returncode == 1 and "unknown agent 'Lazzy' (did you mean 'Lazy'?)" in unknown.stderr
+
+
+def test_the_status_service_is_sandboxed_at_most_as_exposed_as_the_router(lab):
+    container = lab
+    result = container.run(["systemd-analyze", "security", "--no-pager", "agentkit-status.service"], check=False)
+    exposure = float(result.stdout.strip().splitlines()[-1].split("level for agentkit-status.service:")[1].split()[0])
+    print(f"\nsystemd-analyze security agentkit-status.service: {exposure}")
+    assert exposure <= 1.7, result.stdout[-3000:]
+

@@ -182,6 +182,18 @@ class Board:
         self.subscribers.add(sub)
         return sub
 
+    def close_subscribers(self) -> None:
+        """End every /events stream (the service stops): each gets None, its last item."""
+        for sub in list(self.subscribers):
+            sub.dropped = True
+            while True:
+                try:
+                    sub.queue.put_nowait(None)
+                    break
+                except asyncio.QueueFull:
+                    sub.queue.get_nowait()  # make room: it ends anyway
+        self.subscribers.clear()
+
     def unsubscribe(self, sub: Subscriber) -> None:
         self.subscribers.discard(sub)
 

@@ -70,6 +70,8 @@ class StatusApp:
                 except asyncio.TimeoutError:
                     await self._write(response, b": alive\n\n")
                     continue
+                if event is None:
+                    break  # the service stops
                 await self._write(response, b"id: %d\ndata: %s\n\n" % (event["id"], json.dumps(event).encode()))
         except (ConnectionError, asyncio.TimeoutError):
             pass  # gone, or not reading: let go
@@ -96,4 +98,8 @@ def make_app(board: Board, sample) -> web.Application:
     app.router.add_get("/health", status.health)
     app.router.add_get("/metrics", status.metrics_page)
     app.router.add_get("/events", status.events)
+
+    async def end_streams(_app):
+        board.close_subscribers()  # else the runner's cleanup waits for every /events client
+    app.on_shutdown.append(end_streams)
     return app
