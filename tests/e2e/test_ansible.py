@@ -72,11 +72,11 @@ class Rollout:
         self.inventories = [str(REPO / "inventory"), str(lab.inventory), str(secrets)]
         self.extra: list[str] = []  # given to every later run
 
-    def run(self, *args: str, manifest: Path | None = None, check: bool = True) -> "Run":
+    def run(self, *args: str, manifest: Path | None = None, check: bool = True, playbook: str = "site.yml") -> "Run":
         argv = [str(VENV_BIN / "ansible-playbook")]
         for inventory in self.inventories:
             argv += ["-i", inventory]
-        argv += ["--vault-password-file", str(self.password_file), str(REPO / "ansible" / "site.yml"), *args]
+        argv += ["--vault-password-file", str(self.password_file), str(REPO / "ansible" / playbook), *args]
         if manifest is not None:
             argv += ["-e", f"agentkit_manifest_dir={manifest}"]
         argv += self.extra
@@ -211,6 +211,16 @@ def test_rollout_to_two_hosts(lab_factory, tmp_path, record_property):
                             "--all", "--address", f"mainpc={mainpc}", "--address", f"pc2={pc2}"],
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and table.stdout.startswith("HOST") and "pc2" in table.stdout, table.stdout
+    # Waking through the inventory: each host wakes the named agents that live there.
+    woken = rollout.run("-e", '{"agentkit_wake": ["VisionProcessingAgent", "ChitchatAgent"]}', playbook="wake.yml")
+    assert woken.status("Wake the agents that live on this host, and their dependencies, until ready", "pc2") \
+        == "changed"
+    every = json.loads(subprocess.run([str(Path(sys.executable).parent / "agentkit"), "-m", str(REPO / "agents"),
+                                       "status", "--all", "--json", "--address", f"mainpc={mainpc}", "--address",
+                                       f"pc2={pc2}"], capture_output=True, text=True, timeout=60).stdout)["hosts"]
+    awake = {(h, a["name"]) for h, answer in every.items() for a in answer["agents"] if a["state"] == "active"
+             and not a["essential"]}
+    assert {("pc2", "VisionProcessingAgent"), ("mainpc", "ChitchatAgent")} <= awake, awake
     # pc2 reaches mainpc at the inventory's address (UNIFIED_HOST: {address_of: mainpc}).
     unit = ssh_ok(lab, "pc2", ["systemctl", "cat", "agentkit-TieredResponder.service"])
     assert f"Environment=UNIFIED_HOST={mainpc}\n" in unit
