@@ -58,6 +58,20 @@ class Notifier:
             self.sock.close()
 
 
+async def until_stopped(notifier: "Notifier") -> None:
+    """Return at SIGTERM or SIGINT, having told systemd STOPPING=1: the end of a service's main loop
+    (the router's, the status service's)."""
+    import asyncio
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    notifier.send("STOPPING=1")
+
+
 def listen_fds(env):
     """sd_listen_fds_with_names(unset_environment=1): [(fd, name)] passed to this process."""
     pid, count, names = (env.pop(key, "") for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"))

@@ -211,16 +211,6 @@ def test_rollout_to_two_hosts(lab_factory, tmp_path, record_property):
                             "--all", "--address", f"mainpc={mainpc}", "--address", f"pc2={pc2}"],
                            capture_output=True, text=True, timeout=60)
     assert table.returncode == 0 and table.stdout.startswith("HOST") and "pc2" in table.stdout, table.stdout
-    # Waking through the inventory: each host wakes the named agents that live there.
-    woken = rollout.run("-e", '{"agentkit_wake": ["VisionProcessingAgent", "ChitchatAgent"]}', playbook="wake.yml")
-    assert woken.status("Wake the agents that live on this host, and their dependencies, until ready", "pc2") \
-        == "changed"
-    every = json.loads(subprocess.run([str(Path(sys.executable).parent / "agentkit"), "-m", str(REPO / "agents"),
-                                       "status", "--all", "--json", "--address", f"mainpc={mainpc}", "--address",
-                                       f"pc2={pc2}"], capture_output=True, text=True, timeout=60).stdout)["hosts"]
-    awake = {(h, a["name"]) for h, answer in every.items() for a in answer["agents"] if a["state"] == "active"
-             and not a["essential"]}
-    assert {("pc2", "VisionProcessingAgent"), ("mainpc", "ChitchatAgent")} <= awake, awake
     # pc2 reaches mainpc at the inventory's address (UNIFIED_HOST: {address_of: mainpc}).
     unit = ssh_ok(lab, "pc2", ["systemctl", "cat", "agentkit-TieredResponder.service"])
     assert f"Environment=UNIFIED_HOST={mainpc}\n" in unit
@@ -297,6 +287,17 @@ def test_rollout_to_two_hosts(lab_factory, tmp_path, record_property):
     unit = ssh_ok(lab, "pc2", ["systemctl", "cat", "agentkit-TieredResponder.service"])
     assert f",RequestCoordinator={mainpc}:7201\n" in unit
     assert run_testinfra(lab, tmp_path, manifest=changed).returncode == 0
+
+    # 4b. Waking through the inventory: each host wakes the named agents that live there.
+    woken = rollout.run("-e", '{"agentkit_wake": ["VisionProcessingAgent", "ChitchatAgent"]}', playbook="wake.yml")
+    assert woken.status("Wake the agents that live on this host, and their dependencies, until ready", "pc2") \
+        == "changed"
+    every = json.loads(subprocess.run([str(Path(sys.executable).parent / "agentkit"), "-m", str(REPO / "agents"),
+                                       "status", "--all", "--json", "--address", f"mainpc={mainpc}", "--address",
+                                       f"pc2={pc2}"], capture_output=True, text=True, timeout=60).stdout)["hosts"]
+    awake = {(h, a["name"]) for h, answer in every.items() for a in answer["agents"] if a["state"] == "active"
+             and not a["essential"]}
+    assert {("pc2", "VisionProcessingAgent"), ("mainpc", "ChitchatAgent")} <= awake, awake
 
     # 5. A host whose essentials do not come up stops the rollout: pc2 is not touched.
     broken = copy_manifest(tmp_path, "agents-broken")

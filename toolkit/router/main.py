@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from typing import Any, Callable
 
@@ -14,7 +13,7 @@ import click
 from aiohttp import web
 
 from .. import logs, parsers, units
-from ..sdnotify import Notifier
+from ..sdnotify import Notifier, until_stopped
 from .gpu import GpuSampler
 from .policy import LocalModel, PolicyConfig
 from .server import Router, Settings, make_app, read_key
@@ -134,12 +133,7 @@ async def serve(settings: Settings, host: str, port: int, gpu_interval: float, g
                  settings.local_url, settings.policy.local.name, settings.cloud_url, settings.policy.cloud_model,
                  "set" if settings.cloud_api_key else "none")
         notifier.send("READY=1", f"STATUS=listening on {host}:{port}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        notifier.send("STOPPING=1")
+        await until_stopped(notifier)
         log.info("stopping")
         return 0
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 
 import click
@@ -13,7 +12,7 @@ from aiohttp import web
 
 from .. import logs, units
 from ..errors import AgentkitError
-from ..sdnotify import Notifier
+from ..sdnotify import Notifier, until_stopped
 from .board import Board
 from .web import make_app
 
@@ -102,12 +101,7 @@ async def serve(listen: list[tuple[str, int]], host_name: str, backend: str = "s
             return 1
         log.info("listening on %s (/health, /metrics, /events, /)", ", ".join(serving))
         notifier.send("READY=1", f"STATUS=watching {len(board.rows)} agents on {', '.join(serving)}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        notifier.send("STOPPING=1")
+        await until_stopped(notifier)
         return 0
     finally:
         await runner.cleanup()
