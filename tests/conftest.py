@@ -40,6 +40,6 @@ def bin_dir(tmp_path):
     """
     directory = tmp_path / "bin"
     directory.mkdir()
-    for program in ("agentkit-agent", "agentkit-router", "agentkit-ready"):
+    for program in ("agentkit-agent", "agentkit-router", "agentkit-ready", "agentkit-status"):
         (directory / program).symlink_to(os.path.realpath("/usr/bin/python3"))
     return str(directory)

@@ -18,7 +18,7 @@ def test_install_writes_units_record_and_enables_the_target(tmp_path):
     result = run("install", "--host", "pc2", "--root", tmp_path, *BIN)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in units(tmp_path).iterdir() if p.is_file())
-    assert len(names) == 42 and "agentkit.target" in names
+    assert len(names) == 44 and "agentkit.target" in names  # 42, the status service and its user's unit
     link = units(tmp_path) / "multi-user.target.wants" / "agentkit.target"
     assert link.is_symlink() and str(link.readlink()) == "/etc/systemd/system/agentkit.target"
     record = json.loads((tmp_path / "var/lib/agentkit/installed.json").read_text())
@@ -40,8 +40,8 @@ def test_install_json_says_what_changed_for_ansible(tmp_path):
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)  # stdout is the JSON alone; progress went to stderr
     assert (report["host"], report["profile"], report["changed"]) == ("pc2", "full", True)
-    assert len(report["added"]) == 42 and report["updated"] == report["removed"] == []
-    assert report["failed"] == {} and "installing 42 unit files" in first.stderr
+    assert len(report["added"]) == 44 and report["updated"] == report["removed"] == []
+    assert report["failed"] == {} and "installing 44 unit files" in first.stderr
     again = json.loads(run("install", "--host", "pc2", "--root", tmp_path, "--json", *BIN).stdout)
     assert again["changed"] is False and again["added"] == []
 
@@ -91,7 +91,7 @@ def test_uninstall_removes_all_it_owns_and_nothing_else(tmp_path):
     run("install", "--host", "pc2", "--root", tmp_path, *BIN)
     (units(tmp_path) / "sshd.service").write_text("[Service]\n")
     result = run("uninstall", "--root", tmp_path)
-    assert result.returncode == 0 and "removed 42 unit file(s)" in result.stdout
+    assert result.returncode == 0 and "removed 44 unit file(s)" in result.stdout
     left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if not p.is_dir())
     assert left == ["etc/systemd/system/sshd.service"]
     assert run("uninstall", "--root", tmp_path).stdout == "nothing installed by agentkit here\n"

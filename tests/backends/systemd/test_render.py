@@ -47,10 +47,11 @@ def test_rendering_is_deterministic():
 def test_reference_fleet_renders_77_services_and_53_sockets():
     _, plans = _plan_all("reference", GOLDEN_BIN)
     names = [f.path for planned in plans.values() for f in planned if "@" not in f.path]
-    assert len([n for n in names if n.endswith(".service")]) == 77 + 1  # and the router, on mainpc
+    # And the router on mainpc; on each host the status service and the unit that makes its user.
+    assert len([n for n in names if n.endswith(".service")]) == 77 + 1 + 2 * 2
     assert len([n for n in names if n.endswith(".socket")]) == 53
     assert {h: len([f for f in p if f.path.endswith(".service") and "@" not in f.path])
-            for h, p in plans.items()} == {"mainpc": 55 + 1, "pc2": 22}
+            for h, p in plans.items()} == {"mainpc": 55 + 1 + 2, "pc2": 22 + 2}
 
 
 def test_every_requires_is_paired_with_the_same_after():
@@ -70,7 +71,7 @@ def test_profile_installs_essentials_and_the_chosen_agents_with_their_dependenci
     assert sockets == ["agentkit-CacheManager.socket", "agentkit-FaceRecognitionAgent.socket",
                        "agentkit-VisionProcessingAgent.socket"]
     services = [f for planned in plans.values() for f in planned if f.path.endswith(".service") and "@" not in f.path]
-    assert len(services) == 24 + 3 + 1  # the router too
+    assert len(services) == 24 + 3 + 1 + 2 * 2  # the router, and each host's status service and its user's unit
     _, core = _plan_all("reference", GOLDEN_BIN, profile="core")
     assert not [f for planned in core.values() for f in planned if f.path.endswith(".socket")]
 
