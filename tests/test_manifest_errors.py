@@ -1258,3 +1258,17 @@ def test_liveness_problems_name_the_setting(problems, value, message):
             liveness: {value}
         """})
     assert len(found) == 1 and found[0].startswith("agents/g.yaml:6: agents.A.liveness: " + message), found
+
+
+def test_a_tcp_liveness_probe_of_a_native_agent_without_a_health_port_is_refused(problems):
+    found = problems({"g.yaml": """\
+        host: alpha
+        agents:
+          A:
+            command: [agentkit-agent]
+            port: 7001
+            liveness: {tcp: true}
+        """})
+    assert found == ["agents/g.yaml:6: agents.A.liveness: a native agent's port is its socket's, which accepts even "
+                     "when the program hangs: tcp: true would say nothing (use {http: /path}, or give it a "
+                     "health_port)"]

@@ -470,6 +470,10 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
         check.add(doc, path + ("command",), f"a native agent adopts the socket's fd and binds no port, so "
                   f"{PORT_WORD} in its command would name the port the socket holds: use activation: proxy for a "
                   "program that listens on a port of its own")
+    live = get("liveness")
+    if live is not None and live.kind == "tcp" and activation == "native" and get("health_port") is None:
+        check.add(doc, path + ("liveness",), "a native agent's port is its socket's, which accepts even when the "
+                  "program hangs: tcp: true would say nothing (use {http: /path}, or give it a health_port)")
     restart = Restart(get("restart.policy"), get("restart.delay"), get("restart.burst"), get("restart.interval"))
     here = os.path.dirname(os.path.abspath(doc.file))  # ./prog is the manifest directory's
     command = _beside(get("command"), here)
