@@ -191,3 +191,32 @@ def test_the_status_service_is_sandboxed_at_most_as_exposed_as_the_router(lab):
     print(f"\nsystemd-analyze security agentkit-status.service: {exposure}")
     assert exposure <= 1.7, result.stdout[-3000:]
 
+
+
+def test_gpu_memory_per_agent_from_nvml_per_process_figures(lab, tmp_path):
+    """The stand-in libnvidia-ml.so.1 (tests/router/fake_nvml.c) reports the processes using the
+    GPU; the status service adds them up by agent, by each process's cgroup."""
+    from router.nvml import STATE_VARIABLE, FakeGpu, build_fake_nvml
+
+    container = lab
+    nvml = tmp_path / "nvml"
+    gpu = FakeGpu(nvml / "state", build_fake_nvml(nvml))
+    base = int(show(container, "agentkit-Base.service", "MainPID")["MainPID"])
+    gpu.set(("GPU0", 16384, 4096), processes=((0, base, 6144),))
+    # The library and its state where the sandboxed service can read them, and a drop-in that
+    # points it there (on a host with a GPU, the driver's own library is found without one).
+    inside = container.root / "srv" / "nvml"
+    inside.mkdir(parents=True, exist_ok=True)
+    for name in ("libnvidia-ml.so.1", "state"):
+        (inside / name).write_bytes((nvml / name).read_bytes())
+        (inside / name).chmod(0o644)
+    container.write_file("/etc/systemd/system/agentkit-status.service.d/nvml.conf",
+                         f"[Service]\nEnvironment=LD_LIBRARY_PATH=/srv/nvml {STATE_VARIABLE}=/srv/nvml/state\n")
+    container.systemctl("daemon-reload")
+    container.systemctl("restart", "agentkit-status.service")
+    wait_for(lambda: health()[0] == 200, "/health after the restart")
+    answer = health()[1]
+    agents = {a["name"]: a for a in answer["agents"]}
+    assert answer["gpu"] == "NVML per-process figures", answer["gpu"]
+    assert agents["Base"]["gpu_memory"] == 6144 << 20 and agents["Lazy"]["gpu_memory"] is None
+    assert metric(metrics(), "agentkit_agent_gpu_memory_bytes", agent="Base") == 6144 << 20

@@ -27,6 +27,12 @@
  *         NVIDIA_A100-SXM4-80GB 81920 40960
  *         NVIDIA_L4 23034 23034
  *
+ *   - Lines "proc INDEX PID USED_MIB" (anywhere in the file): a process using
+ *     USED_MIB mebibytes on device INDEX, as nvmlDeviceGetComputeRunningProcesses
+ *     reports it (at most 64 in all):
+ *
+ *         proc 0 4242 6144
+ *
  *   - A single line "error CODE": every query (not nvmlInit, not nvmlShutdown)
  *     returns that NVML return code, e.g. "error 15" (NVML_ERROR_GPU_IS_LOST).
  *
@@ -48,6 +54,7 @@
  *   nvmlDeviceGetCount nvmlDeviceGetCount_v2
  *   nvmlDeviceGetHandleByIndex nvmlDeviceGetHandleByIndex_v2
  *   nvmlDeviceGetName nvmlDeviceGetMemoryInfo nvmlDeviceGetMemoryInfo_v2
+ *   nvmlDeviceGetComputeRunningProcesses_v3 (the status service's per-agent figures)
  * (the last one not with -DFAKE_NVML_WITHOUT_MEMORY_INFO_V2, which builds a
  * library like the drivers before 510, for the sampler's fallback).
  */
@@ -72,6 +79,7 @@ enum {
 };
 
 #define MAX_DEVICES 16
+#define MAX_PROCESSES 64
 #define NAME_MAX_LEN 95
 #define DRIVER_VERSION "999.99.99-agentkit-fake"
 
@@ -106,10 +114,26 @@ struct device {
     unsigned long long free_mib;
 };
 
+struct process {
+    unsigned index;
+    unsigned pid;
+    unsigned long long used_mib;
+};
+
 struct state {
     unsigned count;
     struct device devices[MAX_DEVICES];
+    unsigned nprocs;
+    struct process procs[MAX_PROCESSES];
 };
+
+/* nvml.h's nvmlProcessInfo_v2_t, which the _v3 call fills. */
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlProcessInfo_v2_t;
 
 static int init_count;
 
@@ -132,13 +156,23 @@ static nvmlReturn_t read_state(struct state *st)
     if (path == NULL || (f = fopen(path, "r")) == NULL)
         return NVML_ERROR_DRIVER_NOT_LOADED;
     st->count = 0;
+    st->nprocs = 0;
     while (ret == NVML_SUCCESS && fgets(line, sizeof line, f) != NULL) {
         struct device *d;
+        struct process p;
         char extra;
         int code;
 
         if (strspn(line, " \t\r\n") == strlen(line))
             continue;
+        if (sscanf(line, " proc %u %u %llu %c", &p.index, &p.pid, &p.used_mib, &extra) == 3) {
+            if (st->nprocs == MAX_PROCESSES || p.used_mib > (~0ULL >> 20)) {
+                ret = NVML_ERROR_UNKNOWN;
+                break;
+            }
+            st->procs[st->nprocs++] = p;
+            continue;
+        }
         if (sscanf(line, " error %d %c", &code, &extra) == 1) {
             ret = code != NVML_SUCCESS ? code : NVML_ERROR_UNKNOWN;
             break;
@@ -347,3 +381,36 @@ EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v
     return NVML_SUCCESS;
 }
 #endif
+
+EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
+                                                            nvmlProcessInfo_v2_t *infos)
+{
+    struct state st;
+    const struct device *d;
+    unsigned index, i, n = 0;
+    nvmlReturn_t ret;
+
+    if (count == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    ret = lookup(device, &st, &d);
+    if (ret != NVML_SUCCESS)
+        return ret;
+    index = (unsigned)(d - &st.devices[0]);
+    for (i = 0; i < st.nprocs; i++)
+        n += st.procs[i].index == index;
+    if (infos == NULL || *count < n) {
+        *count = n;
+        return n == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    *count = 0;
+    for (i = 0; i < st.nprocs; i++) {
+        if (st.procs[i].index != index)
+            continue;
+        infos[*count].pid = st.procs[i].pid;
+        infos[*count].usedGpuMemory = st.procs[i].used_mib << 20;
+        infos[*count].gpuInstanceId = 0xFFFFFFFFu;
+        infos[*count].computeInstanceId = 0xFFFFFFFFu;
+        (*count)++;
+    }
+    return NVML_SUCCESS;
+}

@@ -58,17 +58,18 @@ class FakeGpu:
         self.state_file = pathlib.Path(state_file)
         self.lib_dir = pathlib.Path(lib_dir)
 
-    def set(self, *devices: tuple[str, int, int]) -> None:
-        """Report these devices: (name, total_mib, free_mib) each, in index order."""
-        lines = []
+    def set(self, *devices: tuple[str, int, int], processes: tuple[tuple[int, int, int], ...] = ()) -> None:
+        """Report these devices: (name, total_mib, free_mib) each, in index order, and these
+        processes on them: (device index, pid, used_mib) each."""
+        lines = [f"proc {int(index)} {int(pid)} {int(used)}\n" for index, pid, used in processes]
         for name, total_mib, free_mib in devices:
             if not name or any(c.isspace() for c in name) or len(name.encode()) > 95:
                 raise ValueError(f"device name {name!r}: 1 to 95 bytes, no whitespace")
             if not 0 <= free_mib <= total_mib:
                 raise ValueError(f"device {name}: need 0 <= free_mib ({free_mib}) <= total_mib ({total_mib})")
             lines.append(f"{name} {int(total_mib)} {int(free_mib)}\n")
-        if len(lines) > 16:
-            raise ValueError("the fake library reports at most 16 devices")
+        if len(devices) > 16 or len(processes) > 64:
+            raise ValueError("the fake library reports at most 16 devices and 64 processes")
         self._write("".join(lines))
 
     def fail(self, code: int = 15) -> None:

@@ -56,13 +56,14 @@ class Row:
     cause: str = ""  # why the start in progress began, once it began
     memory: int | None = None       # bytes, from the cgroup, at the last sample
     cpu_seconds: float | None = None
+    gpu_memory: int | None = None   # bytes, NVML's figures for its processes, at the last sample
 
     def as_json(self) -> dict:
         seen = self.seen
         return {"name": self.name, "essential": self.essential, "unit": self.unit, "state": seen.state,
                 "detail": seen.detail, "since": seen.since, "restarts": seen.restarts, "result": seen.result or None,
                 "last_start_s": seen.last_start_s, "memory": self.memory, "cpu_seconds": self.cpu_seconds,
-                "gpu_memory": None, "starts": dict(self.starts), "start_limit_hits": self.start_limit_hits}
+                "gpu_memory": self.gpu_memory, "starts": dict(self.starts), "start_limit_hits": self.start_limit_hits}
 
 
 class Subscriber:
@@ -84,6 +85,7 @@ class Board:
         self.dropped_clients = 0
         self.version = 0         # bumped by every change of what /metrics shows but memory and CPU
         self.source_up = False   # the manager answers (D-Bus connected, signals subscribed)
+        self.gpu = "not read yet"  # where GPU memory figures come from, or why there are none
         self.source_error = ""
         self.started = time.time()
 
@@ -209,6 +211,6 @@ class Board:
         counts = collections.Counter(r.seen.state for r in rows)
         return {"status": "ok" if self.healthy() else "degraded", "host": self.host,
                 "last_event_id": self.events[-1]["id"] if self.events else 0,
-                "source": "up" if self.source_up else f"down: {self.source_error}",
+                "source": "up" if self.source_up else f"down: {self.source_error}", "gpu": self.gpu,
                 "essential_down": down, "states": dict(sorted(counts.items())),
                 "agents": [r.as_json() for r in rows]}

@@ -90,11 +90,15 @@ class LiveCollector:
                                    labels=["host", "agent"])
         cpu = CounterMetricFamily("agentkit_agent_cpu_seconds", "CPU time of the agent's cgroup (cpu.stat usage)",
                                   labels=["host", "agent"])
+        gpu = GaugeMetricFamily("agentkit_agent_gpu_memory_bytes", "GPU memory of the agent's processes (NVML)",
+                                labels=["host", "agent"])
         for row in board.rows.values():
             if row.memory is not None:
                 memory.add_metric([host, row.name], row.memory)
             if row.cpu_seconds is not None:
                 cpu.add_metric([host, row.name], row.cpu_seconds)
+            if row.gpu_memory is not None:
+                gpu.add_metric([host, row.name], row.gpu_memory)
         up = GaugeMetricFamily("agentkit_status_source_up", "1 while the service manager answers and its "
                                "signals arrive", labels=["host"])
         up.add_metric([host], 1 if board.source_up else 0)
@@ -103,7 +107,7 @@ class LiveCollector:
         healthy.add_metric([host], 1 if board.healthy() else 0)
         clients = GaugeMetricFamily("agentkit_status_event_clients", "Clients reading /events now", labels=["host"])
         clients.add_metric([host], len(board.subscribers))
-        yield from (memory, cpu, up, healthy, clients)
+        yield from (memory, cpu, gpu, up, healthy, clients)
 
 
 class Metrics:

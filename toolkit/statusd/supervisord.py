@@ -21,8 +21,9 @@ from ..backends import process_cpu, rss
 from ..backends.supervisord import run
 from ..backends.supervisord.config import Config
 from ..backends.supervisord.render import ACTIVATOR, ACTIVATOR_CONFIG, CONTROL
-from . import liveness
+from . import gpu, liveness
 from .board import Board, Observation
+from .gpu import GpuProcesses
 
 log = logging.getLogger(units.STATUS_PROGRAM)
 POLL = 0.5  # s between looks at supervisord's process list
@@ -40,6 +41,7 @@ class SupervisordSource:
         self.restarts: dict[str, int] = {}
         self.tasks: list[asyncio.Task] = []
         self.lock = asyncio.Lock()
+        self.gpu = GpuProcesses()
 
     async def start(self) -> None:
         config = Config.load(os.path.join(self.state_dir, ACTIVATOR_CONFIG))
@@ -133,9 +135,25 @@ class SupervisordSource:
                 log.warning("cannot follow the activator: %s", exc)
             await asyncio.sleep(1.0)
 
+    def owner(self, pid: int) -> str | None:
+        """The agent a process belongs to: the one whose program it is, or whose descendant."""
+        mains = {row.seen.pid: name for name, row in self.board.rows.items() if row.seen.pid}
+        for _ in range(16):  # a few generations at most: a model server's workers
+            if pid in mains:
+                return mains[pid]
+            try:
+                with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+                    pid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                return None
+            if pid <= 1:
+                return None
+        return None
+
     def sample(self) -> None:
         for row in self.board.rows.values():
             pid = row.seen.pid
             running = pid and row.seen.state in ("active", "starting", "stopping")
             row.memory = rss(pid) if running else None
             row.cpu_seconds = process_cpu(pid) if running else None
+        gpu.attribute(self.board, self.gpu, self.owner)

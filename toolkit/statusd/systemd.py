@@ -18,7 +18,9 @@ from .. import units
 from ..backends import process_cpu, rss
 from ..backends.systemd.dbus import NO_VALUE, Systemd, UnitState
 from ..backends.systemd.status import state_of
+from . import gpu
 from .board import Board, Observation
+from .gpu import GpuProcesses
 
 log = logging.getLogger(units.STATUS_PROGRAM)
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -36,6 +38,7 @@ class SystemdSource:
         self.pending: dict[str, asyncio.Task] = {}
         self.again: set[str] = set()
         self.tasks: set[asyncio.Task] = set()
+        self.gpu = GpuProcesses()
 
     async def start(self) -> None:
         await self.connect()
@@ -138,8 +141,18 @@ class SystemdSource:
         socket = await self.manager.properties_at(socket_name, socket_path) if socket_path else None
         self.board.observe(name, observation(props, socket))
 
+    def owner(self, pid: int) -> str | None:
+        """The agent a process belongs to, by its cgroup: agentkit-X.service is X's."""
+        try:
+            with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as handle:
+                unit = handle.read().strip().rsplit("/", 1)[-1]
+        except OSError:
+            return None
+        return next((name for name, (service, _) in self.units.items() if service == unit), None)
+
     def sample(self) -> None:
-        """Memory and CPU of every running agent, from its cgroup (cheap: two small files each)."""
+        """Memory and CPU of every running agent, from its cgroup (cheap: two small files each),
+        and its GPU memory from NVML."""
         for row in self.board.rows.values():
             group = row.seen.cgroup
             if not group or row.seen.state not in ("active", "starting", "stopping"):
@@ -148,6 +161,7 @@ class SystemdSource:
             row.memory, row.cpu_seconds = cgroup_usage(os.path.join(CGROUP_ROOT, group.lstrip("/")))
             if row.memory is None:  # no memory controller for the cgroup (a container): the main process's
                 row.memory, row.cpu_seconds = rss(row.seen.pid), process_cpu(row.seen.pid)
+        gpu.attribute(self.board, self.gpu, self.owner)
 
 
 def _unit_state(props: dict) -> UnitState:

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import textwrap
+from pathlib import Path
 
 import pytest
 from helpers import EventStream, http_get, metric, wait_for
@@ -133,7 +134,6 @@ def test_health_answers_503_while_an_essential_agent_is_down(lab):
 
 
 def test_a_hung_agent_is_killed_and_restarted_by_its_liveness_probe(tmp_path):
-    from pathlib import Path
 
     program = Path(__file__).resolve().parents[2] / "e2e" / "programs" / "hangs_on_usr1.py"
     status_port, port = free_ports(2)
@@ -172,3 +172,36 @@ def test_a_hung_agent_is_killed_and_restarted_by_its_liveness_probe(tmp_path):
         assert "Hangs stopped answering: killing it" in log, log[-2000:]
     finally:
         run("down", "--backend", "supervisord", "--state-dir", str(state), manifest=root, check=False, timeout=120)
+
+
+def test_gpu_memory_per_agent_from_nvml_per_process_figures(lab, tmp_path):
+    """The stand-in libnvidia-ml.so.1 (tests/router/fake_nvml.c) reports the processes using each
+    GPU; the real status service, started beside the lab's own with it, adds them up by agent."""
+    import subprocess
+    import sys
+
+    from router.nvml import FakeGpu, build_fake_nvml
+
+    gpu = FakeGpu(tmp_path / "nvml" / "state", build_fake_nvml(tmp_path / "nvml"))
+    server = supervisor_run.rpc(str(lab["state"])).supervisor
+    base = server.getProcessInfo("Base")["pid"]
+    gpu.set(("GPU0", 16384, 4096), processes=((0, base, 6144), (0, 1, 2048)))  # pid 1 is nobody's
+    port = free_ports(1)[0]
+    status = subprocess.Popen([str(Path(sys.executable).parent / "agentkit-status"), "--backend", "supervisord",
+                               "--state-dir", str(lab["state"]), "--host", "lab", "--listen", f"127.0.0.1:{port}"],
+                              env={**os.environ, **gpu.environ()}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: _health(port)[0] == 200, "the second status service", timeout=30)
+        answer = _health(port)[1]
+        agents = {a["name"]: a for a in answer["agents"]}
+        assert answer["gpu"] == "NVML per-process figures"
+        assert agents["Base"]["gpu_memory"] == 6144 << 20 and agents["Lazy"]["gpu_memory"] is None
+        assert metric(_metrics(port), "agentkit_agent_gpu_memory_bytes", agent="Base") == 6144 << 20
+        gpu.set(("GPU0", 16384, 8192), processes=((0, base, 2048),))  # it freed some
+        assert metric(_metrics(port), "agentkit_agent_gpu_memory_bytes", agent="Base") == 2048 << 20
+    finally:
+        status.terminate()
+        status.wait(timeout=30)
+    # The lab's own service has no NVML: no figures, and it says why.
+    own = _health(lab["status"])[1]
+    assert own["gpu"].startswith("NVML unavailable") and {a["gpu_memory"] for a in own["agents"]} == {None}
