@@ -57,13 +57,14 @@ class Row:
     memory: int | None = None       # bytes, from the cgroup, at the last sample
     cpu_seconds: float | None = None
     gpu_memory: int | None = None   # bytes, NVML's figures for its processes, at the last sample
+    accepted: int | None = None     # connections accepted on its port (the activator counts; systemd does not)
 
     def as_json(self) -> dict:
         seen = self.seen
         return {"name": self.name, "essential": self.essential, "unit": self.unit, "state": seen.state,
                 "detail": seen.detail, "since": seen.since, "restarts": seen.restarts, "result": seen.result or None,
                 "last_start_s": seen.last_start_s, "memory": self.memory, "cpu_seconds": self.cpu_seconds,
-                "gpu_memory": self.gpu_memory, "starts": dict(self.starts), "start_limit_hits": self.start_limit_hits}
+                "gpu_memory": self.gpu_memory, "accepted": self.accepted, "starts": dict(self.starts), "start_limit_hits": self.start_limit_hits}
 
 
 class Subscriber:

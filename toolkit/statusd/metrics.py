@@ -92,7 +92,12 @@ class LiveCollector:
                                   labels=["host", "agent"])
         gpu = GaugeMetricFamily("agentkit_agent_gpu_memory_bytes", "GPU memory of the agent's processes (NVML)",
                                 labels=["host", "agent"])
+        accepted = CounterMetricFamily("agentkit_agent_accepted_connections",
+                                       "Connections accepted on the agent's port (where the backend counts them: "
+                                       "the activator under supervisord)", labels=["host", "agent"])
         for row in board.rows.values():
+            if row.accepted is not None:
+                accepted.add_metric([host, row.name], row.accepted)
             if row.memory is not None:
                 memory.add_metric([host, row.name], row.memory)
             if row.cpu_seconds is not None:
@@ -107,7 +112,7 @@ class LiveCollector:
         healthy.add_metric([host], 1 if board.healthy() else 0)
         clients = GaugeMetricFamily("agentkit_status_event_clients", "Clients reading /events now", labels=["host"])
         clients.add_metric([host], len(board.subscribers))
-        yield from (memory, cpu, gpu, up, healthy, clients)
+        yield from (memory, cpu, gpu, accepted, up, healthy, clients)
 
 
 class Metrics:

@@ -82,6 +82,8 @@ class SupervisordSource:
             for name, row in self.board.rows.items():
                 info = infos.get(name)
                 snapshot = held.get(name)
+                if snapshot is not None:
+                    row.accepted = snapshot.get("accepted")
                 for seen in self.observations(name, info, activator_up, snapshot):
                     self.board.observe(name, seen)
 

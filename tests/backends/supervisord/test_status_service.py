@@ -103,6 +103,8 @@ def test_a_wake_a_kill_and_a_crash_loop_show_on_events_and_in_metrics(lab):
         page = _metrics(port)
         assert metric(page, "agentkit_agent_starts_total", agent="Lazy", cause="first_connection") == 1
         assert metric(page, "agentkit_agent_cold_start_seconds_count", agent="Lazy") == 1
+        wait_for(lambda: metric(_metrics(port), "agentkit_agent_accepted_connections_total", agent="Lazy") == 1,
+                 "the activator's count of Lazy's connections", timeout=10)
         stream.wait("Lazy", "idle-stop", timeout=30)  # the activator stops it after idle_stop
 
         # SIGKILL of the essential agent: supervisord restarts it, and that shows.
