@@ -160,14 +160,15 @@ def generate(root: Path, n_agents: int, seed: int = SEED) -> Expected:
     if max(next_index.values()) > MAX_PER_HOST:  # pragma: no cover - guarded by n_hosts
         raise AssertionError("too many agents per host for the port layout")
     # Per host: a service per agent, a socket per optional agent, a proxy service per
-    # proxied agent, agentkit.slice + one slice per slice used, agentkit.target, and
-    # the two re-arm template units where there are optional agents.
+    # proxied agent, agentkit.slice + one slice per slice used, agentkit.target, the two
+    # re-arm template units where there are optional agents, and the status service with
+    # the unit that makes its user.
     for units in per_host_units.values():
         if units["agents"]:
             exp.files += (units["agents"] + units["optional"] + units["proxy"]
-                          + 1 + len(units["slices"]) + 1 + (2 if units["optional"] else 0))
+                          + 1 + len(units["slices"]) + 1 + (2 if units["optional"] else 0) + 2)
         else:
-            exp.files += 2  # agentkit.slice and agentkit.target only
+            exp.files += 2 + 2  # agentkit.slice, agentkit.target and the status service's two only
     return exp
 
 

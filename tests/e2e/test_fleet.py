@@ -104,7 +104,7 @@ def pc2(container_factory):
 
 def test_install_starts_essentials_and_leaves_optional_agents_dormant(pc2):
     container, result = pc2
-    assert "[22/22]" in result.stdout  # 14 sockets and 8 essential services, each reported
+    assert "[23/23]" in result.stdout  # 14 sockets, 8 essential services and the status service, each reported
     assert container.systemctl("is-active", "agentkit.target").stdout.strip() == "active"
     agents = status(container, REPO / "agents", "pc2")
     essential = {n for n, a in agents.items() if a["essential"]}
