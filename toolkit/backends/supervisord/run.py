@@ -254,8 +254,11 @@ def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) 
     for agent in graph.on_host(manifest, host, profile):
         info = infos.get(agent.name)
         state, detail = state_of(info, agent.optional, activator_up, held.get(agent.name))
-        if info is not None and (state == "failed" or info["statename"] == "BACKOFF"):
-            said = _last_words(state_dir, agent.name)  # why, in the program's own words
+        # Failed, or starting again after an exit that was not clean (BACKOFF, or STARTING once more):
+        # why, in the program's own words.
+        if info is not None and (state == "failed" or info["statename"] == "BACKOFF"
+                                 or (state == "starting" and info.get("exitstatus"))):
+            said = _last_words(state_dir, agent.name)
             if said:
                 detail += f": {said}"
         pid = info["pid"] if info else 0
