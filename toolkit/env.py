@@ -35,6 +35,11 @@ def listen_port(agent: "Agent", private_port: int | None = None) -> int:
     return agent.private_port if agent.activation == "proxy" else agent.port
 
 
+def live_port(agent: "Agent", private_port: int | None = None) -> int:
+    """Where a liveness probe asks an agent: its health port if it has one, else where its program binds."""
+    return agent.health_port or listen_port(agent, private_port)
+
+
 def with_port(words: "tuple[str, ...]", port: int) -> tuple[str, ...]:
     """`words` with each {port} replaced: `command: [python3, -m, http.server, "{port}"]`."""
     return tuple(word.replace(PORT_WORD, str(port)) for word in words)

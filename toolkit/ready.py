@@ -154,6 +154,15 @@ USAGE = (f"usage: {PROG} --timeout SECONDS (--port HOST:PORT | --http HOST:PORT 
 LIVE_TIMEOUT = 5.0  # s one liveness probe may take (less when the interval is shorter)
 
 
+def live_probe(kind: str, host: str, port: int, path: str | None, interval: float):
+    """The probe of a liveness check (kind tcp or http), shared by agentkit-ready --live (systemd)
+    and the status service (supervisord): an answer slower than the beat is a miss."""
+    timeout = min(LIVE_TIMEOUT, interval * 0.9)
+    if kind == "http":
+        return lambda: http_ready(host, port, path or "/", timeout)
+    return lambda: port_ready(host, port, timeout)
+
+
 def live(probe, interval: float, failures: int, on_dead, say=print) -> None:
     """Probe every `interval` seconds for as long as the agent runs (systemd stops us with it:
     BindsTo=); `failures` misses in a row call on_dead() once, then the count starts over."""
@@ -192,13 +201,10 @@ def live_main(argv: list[str]) -> int:
         raise ValueError("--live SECONDS FAILURES UNIT, then one probe")
     interval, failures, unit = float(argv[1]), int(argv[2]), argv[3]
     kind, rest = argv[4], argv[5:]
-    timeout = min(LIVE_TIMEOUT, interval * 0.9)  # an answer slower than the beat is a miss
     if kind == "--port" and len(rest) == 1:
-        host, port = _address(rest[0])
-        probe = lambda: port_ready(host, port, timeout)  # noqa: E731
+        probe = live_probe("tcp", *_address(rest[0]), None, interval)
     elif kind == "--http" and len(rest) == 2 and rest[1].startswith("/"):
-        host, port = _address(rest[0])
-        probe = lambda: http_ready(host, port, rest[1], timeout)  # noqa: E731
+        probe = live_probe("http", *_address(rest[0]), rest[1], interval)
     else:
         raise ValueError(f"unknown liveness probe {' '.join(argv[4:])!r}")
     print(f"{PROG}: watching {unit} every {interval:g} s ({failures} misses in a row: killed)", flush=True)

@@ -27,10 +27,7 @@ class Probe:
     path: str | None
 
     def check(self) -> tuple[bool, str]:
-        timeout = min(ready.LIVE_TIMEOUT, self.interval * 0.9)
-        if self.kind == "http":
-            return ready.http_ready(self.host, self.port, self.path or "/", timeout)
-        return ready.port_ready(self.host, self.port, timeout)
+        return ready.live_probe(self.kind, self.host, self.port, self.path, self.interval)()
 
 
 async def watch(probe: Probe, running, kill) -> None:

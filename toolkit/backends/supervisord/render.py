@@ -272,7 +272,7 @@ def live_option(agent: Agent, privates: dict[str, int]) -> str:
     port if it has one, else the port its program listens on. Under supervisord the status
     service probes (it may ask supervisord to kill a program; nothing else may)."""
     live = agent.liveness
-    port = agent.health_port or contract.listen_port(agent, privates.get(agent.name))
+    port = contract.live_port(agent, privates.get(agent.name))
     return ",".join([agent.name, f"{live.interval / 1e6:g}", str(live.failures), live.kind, f"127.0.0.1:{port}"]
                     + ([live.path] if live.kind == "http" else []))
 

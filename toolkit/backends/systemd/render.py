@@ -68,7 +68,7 @@ def live_command(agent, bin_dir: str) -> list[str]:
     """agentkit-ready --live for an agent: its health port if it has one, else the port its program
     listens on (the private one behind the proxy)."""
     live = agent.liveness
-    port = contract.loopback(agent.health_port or contract.listen_port(agent))
+    port = contract.loopback(contract.live_port(agent))
     probe = ["--port", port] if live.kind == "tcp" else ["--http", port, live.path]
     return programs.ready_probe(bin_dir) + ["--live", f"{live.interval / 1e6:g}", str(live.failures),
                                             units.service(agent.name)] + probe
