@@ -151,7 +151,7 @@ def test_unknown_keys_in_an_agent(problems):
         "agents/g.yaml:7: agents.A.prot: unknown key (did you mean 'port'?)",
         "agents/g.yaml:8: agents.A.colour: unknown key (known: host, essential, group, description, command, "
         "port, health_port, depends_on, activation, private_port, idle_stop, service_type, ready, liveness, "
-        "start_timeout, cold_start_slo, watchdog, restart, memory_max, cpu_weight, gpu_memory, slice, environment, user, working_directory, "
+        "start_timeout, cold_start_slo, watchdog, restart, memory_max, cpu_weight, gpu_memory, gpu, gpu_evict, slice, environment, user, working_directory, "
         "writable_paths, sandbox)",
     ]
 
@@ -184,7 +184,7 @@ def test_unknown_keys_in_a_host(problems):
             zzz: 1
         """) == [
         "agents/fleet.yaml:3: hosts.alpha.adress: unknown key (did you mean 'address'?)",
-        "agents/fleet.yaml:4: hosts.alpha.zzz: unknown key (known: address, environment, ports, status)",
+        "agents/fleet.yaml:4: hosts.alpha.zzz: unknown key (known: address, environment, ports, status, gpus)",
     ]
 
 

@@ -57,6 +57,7 @@ def fleet(m: Manifest, declared: Collection[str]) -> Iterator[Issue]:
     yield from _ports(m)
     yield from _dependencies(m, declared)
     yield from _start_limits(m)
+    yield from _gpus(m)
 
 
 def _ports(m: Manifest) -> list[Issue]:
@@ -110,3 +111,44 @@ def _start_limits(m: Manifest) -> Iterator[Issue]:
                             f"{values.format_span(agent.idle_stop)} fit in interval "
                             f"{values.format_span(restart.interval)}, reaching burst {restart.burst}: "
                             "on-demand starts would hit the start limit (raise burst or idle_stop)")
+
+
+def _gpus(m: Manifest) -> Iterator[Issue]:
+    """Each GPU agent's GPU exists and holds it; the essential ones of a GPU (and the router's
+    reserve there) fit together, since they all run at once and none is ever stopped for room."""
+    from .gpu import table as gpu_table
+    from .gpu.admission import gib
+
+    for host in m.hosts.values():
+        declared = dict(host.gpus)
+        table = gpu_table.for_host(m, host.name)
+        if table is None:
+            continue
+        essential: dict[int, list] = {}
+        for agent in m.on_host(host.name):
+            if agent.gpu_memory is None:
+                continue
+            if declared and agent.gpu not in declared:
+                yield Issue(agent.name, ("gpu",), f"host {host.name} has no GPU {agent.gpu} "
+                            f"(hosts.{host.name}.gpus: {', '.join(map(str, declared))})")
+                continue
+            total = declared.get(agent.gpu)
+            if total is not None and agent.gpu_memory > total:
+                yield Issue(agent.name, ("gpu_memory",), f"{gib(agent.gpu_memory)} is more than GPU {agent.gpu} of "
+                            f"host {host.name} has ({gib(total)}, hosts.{host.name}.gpus)")
+                continue
+            if agent.essential:
+                essential.setdefault(agent.gpu, []).append(agent)
+        for index, agents in essential.items():
+            total = declared.get(index)
+            reserve = table.reserved(index)
+            need = sum(a.gpu_memory for a in agents) + reserve
+            if total is None or need <= total:
+                continue
+            parts = [f"{a.name} {gib(a.gpu_memory)}" for a in agents]
+            if reserve:
+                parts.append(f"the router's gpu.reserve {gib(reserve)}")
+            yield Issue(agents[-1].name, ("gpu_memory",),
+                        f"the essential agents on GPU {index} of host {host.name} need {gib(need)} together "
+                        f"({', '.join(parts)}), more than its {gib(total)}: they all run at once and none "
+                        "is stopped for room")

@@ -350,9 +350,11 @@ def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
         if listen["port"] in fleet_ports:
             check.add(doc, path + ("status", "port"), f"{listen['port']} is also used on {host_name} by the fleet "
                       f"service {fleet_ports[listen['port']]} (hosts.{host_name}.ports.{fleet_ports[listen['port']]})")
+        gpus = check.parse(doc, path + ("gpus",), data.get("gpus", {}), HOST_SETTINGS["gpus"].parse)
         hosts[host_name] = Host(host_name, address, tuple((env if env is not INVALID else {}).items()),
                                 tuple((service, port) for port, service in fleet_ports.items()),
-                                Location(doc.file, doc.line(path)), listen["port"], listen["bind"])
+                                Location(doc.file, doc.line(path)), listen["port"], listen["bind"],
+                                tuple(sorted((gpus if gpus is not INVALID else {}).items())))
     # {address_of: HOST} may name a host declared further down: resolve once all are known.
     return {name: replace(h, environment=tuple(_resolve_environment(
                 check, doc, ("hosts", name, "environment"), dict(h.environment), hosts).items()))
@@ -474,6 +476,10 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     if live is not None and live.kind == "tcp" and activation == "native" and get("health_port") is None:
         check.add(doc, path + ("liveness",), "a native agent's port is its socket's, which accepts even when the "
                   "program hangs: tcp: true would say nothing (use {http: /path}, or give it a health_port)")
+    if get("gpu_memory") is None:
+        for key in ("gpu", "gpu_evict"):
+            if key in own:
+                check.add(doc, own[key][2], f"{key} goes with gpu_memory, which this agent does not set")
     restart = Restart(get("restart.policy"), get("restart.delay"), get("restart.burst"), get("restart.interval"))
     here = os.path.dirname(os.path.abspath(doc.file))  # ./prog is the manifest directory's
     command = _beside(get("command"), here)
@@ -491,7 +497,8 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
         depends_on=get("depends_on"), activation=activation, private_port=private_port,
         idle_stop=get("idle_stop"), service_type=service_type, ready=ready, start_timeout=get("start_timeout"),
         cold_start_slo=get("cold_start_slo"), liveness=get("liveness"), watchdog=get("watchdog"), restart=restart, memory_max=get("memory_max"), cpu_weight=get("cpu_weight"),
-        gpu_memory=get("gpu_memory"), slice=slice_name, environment=tuple(env.items()), user=get("user"),
+        gpu_memory=get("gpu_memory"), gpu=get("gpu"), gpu_evict="never" if essential else get("gpu_evict"),
+        slice=slice_name, environment=tuple(env.items()), user=get("user"),
         working_directory=get("working_directory"), writable_paths=get("writable_paths"),
         sandbox=get("sandbox"), where=Location(doc.file, doc.line(path)),
     )

@@ -74,6 +74,8 @@ class Agent:
     memory_max: int | str | None
     cpu_weight: int | None
     gpu_memory: int | None
+    gpu: int  # NVML index of the GPU gpu_memory is on
+    gpu_evict: str  # settings.EVICT_ORDER; "never" for essential agents
     slice: str
     environment: tuple[tuple[str, str], ...]
     user: str | None
@@ -111,6 +113,7 @@ class Host:
     where: Location = field(compare=False)
     status_port: int = 8202  # the status service (agentkit-status): settings.STATUS_SETTINGS
     status_bind: str = "127.0.0.1"
+    gpus: tuple[tuple[int, int | None], ...] = ()  # NVML index -> bytes (None: NVML tells at run time)
 
 
 @dataclass(frozen=True)

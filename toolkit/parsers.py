@@ -113,6 +113,32 @@ def gpu_memory(value: Any) -> int:
     return values.parse_size(value)  # type: ignore[return-value]
 
 
+def gpu_index(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 63:
+        raise ValueError(f"expected an NVML GPU index from 0 to 63, got {show(value)}")
+    return value
+
+
+def gpus(value: Any) -> dict[int, int | None]:
+    """hosts.H.gpus: NVML index -> bytes, or None for `auto` (NVML tells at run time)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of GPU index to memory, e.g. {{0: 24G}}, got {show(value)}")
+    out: dict[int, int | None] = {}
+    for index, memory in value.items():
+        index = gpu_index(int(index) if isinstance(index, str) and index.isdigit() else index)  # YAML keys are text
+        if memory == "auto":
+            out[index] = None
+            continue
+        try:
+            size = values.parse_size(memory)
+        except ValueError as exc:
+            raise ValueError(f"GPU {index}: {exc} (or auto)") from None
+        if not size:
+            raise ValueError(f"GPU {index}: memory must be above zero")
+        out[index] = size
+    return out
+
+
 def cpu_weight(value: Any) -> int:
     if value == "idle":
         raise ValueError("CPUWeight=idle needs systemd 253; agentkit targets systemd 252 (Debian 12)")

@@ -55,6 +55,7 @@ def shown_default(setting: Setting | RouterSetting) -> str:
 
 
 BUILTIN_SLICES = ("essential", "optional")  # every host has these; slices: adds more
+EVICT_ORDER = ("first", "normal", "last", "never")  # gpu_evict: stopped for room in this order; never: not at all
 
 RESTART_SETTINGS: dict[str, Setting] = {
     "policy": _S(parsers.choice("no", "on-success", "on-failure", "on-abnormal", "on-watchdog", "on-abort", "always"),
@@ -123,9 +124,18 @@ AGENT_SETTINGS: dict[str, Setting] = {
                   "`StartLimitIntervalSec=`", ", ".join(shown_default(s) for s in RESTART_SETTINGS.values())),
     "memory_max": _S(parsers.memory, None, "MemoryMax=: e.g. 4G, 80%", "`MemoryMax=`: `4G`, `80%`, `infinity`"),
     "cpu_weight": _S(parsers.cpu_weight, None, "CPUWeight=: 1-10000", "`CPUWeight=` 1-10000"),
-    "gpu_memory": _S(parsers.gpu_memory, None, "GPU memory the agent needs, e.g. 6G (for the router and placement)",
-                     "what the agent needs on the GPU, e.g. `6G` (exported as `AGENTKIT_GPU_MEMORY`; keeps `/dev` "
-                     "visible)"),
+    "gpu_memory": _S(parsers.gpu_memory, None, "GPU memory the agent needs, e.g. 6G (admitted before it starts)",
+                     "what the agent needs on the GPU, e.g. `6G`: an optional agent starts only once that much is "
+                     "free there, after stopping idle ones if need be (exported as `AGENTKIT_GPU_MEMORY`; keeps "
+                     "`/dev` visible)"),
+    "gpu": _S(parsers.gpu_index, 0, "the NVML index of the GPU the agent's gpu_memory is on",
+              "the NVML index of the GPU its `gpu_memory` is on (exported as `CUDA_VISIBLE_DEVICES`, with "
+              "`CUDA_DEVICE_ORDER=PCI_BUS_ID` so that CUDA counts as NVML does)"),
+    "gpu_evict": _S(parsers.choice(*EVICT_ORDER), "normal",
+                    "optional GPU agents: first, normal, last or never: who is stopped first to make room",
+                    "optional GPU agents: `first`, `normal`, `last` or `never`: which idle agents are stopped "
+                    "first (then the least recently used) when another needs room on their GPU; essential ones "
+                    "never are"),
     "slice": _S(parsers.text, None, "a key of slices: (default: essential or optional)", "a key of `slices:`",
                 " / ".join(f"`{name}`" for name in BUILTIN_SLICES)),
     "environment": _S(parsers.environment, {}, "extra environment; merged over the host's and the defaults'",
@@ -140,7 +150,7 @@ AGENT_SETTINGS: dict[str, Setting] = {
                   "the hardening directives; `false` drops them"),
 }
 # Settings that only mean something for an on-demand agent.
-OPTIONAL_ONLY = ("activation", "private_port", "idle_stop")
+OPTIONAL_ONLY = ("activation", "private_port", "idle_stop", "gpu_evict")
 
 FLEET_SETTINGS: dict[str, Setting] = {
     "name": _S(parsers.text, "agentkit", "the fleet's name (units' descriptions, supervisord's state directory)"),
@@ -161,6 +171,10 @@ HOST_SETTINGS: dict[str, Setting] = {
     "ports": _S(None, {}, "fleet services' ports on the host, by name: checked for clashes too"),
     "status": _S(None, None, "the host's status service (agentkit-status): port, bind",
                  shown="port 8202 on 127.0.0.1"),
+    "gpus": _S(parsers.gpus, {}, "the host's GPUs: NVML index -> memory, e.g. {0: 24G}; auto: NVML tells at run time",
+               "the host's GPUs, NVML index -> memory: `{0: 24G}`, or `auto` where NVML tells at run time; "
+               "`validate` checks the agents' `gpu_memory` against the figures, and without NVML they are what "
+               "admission counts from", shown="`{0: auto}` when an agent has `gpu_memory`"),
 }
 # The host's status service (/health, /metrics, /events, the page): where it listens.
 STATUS_SETTINGS: dict[str, Setting] = {
