@@ -40,6 +40,6 @@ def bin_dir(tmp_path):
     """
     directory = tmp_path / "bin"
     directory.mkdir()
-    for program in ("agentkit-agent", "agentkit-router", "agentkit-ready", "agentkit-status"):
+    for program in ("agentkit-agent", "agentkit-router", "agentkit-ready", "agentkit-status", "agentkit-admit"):
         (directory / program).symlink_to(os.path.realpath("/usr/bin/python3"))
     return str(directory)

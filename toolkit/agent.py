@@ -19,7 +19,7 @@ import sys
 import time
 
 from . import __version__, env as contract, logs
-from .agent_parts import Health, burn_cpu, hold_memory
+from .agent_parts import CudaMemory, Health, burn_cpu, hold_memory
 from .sdnotify import Notifier, listen_fds
 
 STARTED = time.monotonic()
@@ -129,6 +129,9 @@ def parse_args(argv):
                         help="spend S seconds of CPU work before READY (stands in for loading a model)")
     parser.add_argument("--start-memory-mb", type=_non_negative, default=0.0, metavar="M",
                         help="allocate and touch M MB before READY and keep it")
+    parser.add_argument("--gpu-allocate", action="store_true",
+                        help=f"allocate the unit's {contract.GPU_MEMORY} bytes of GPU memory through the CUDA runtime "
+                        "(libcudart) before READY and keep it: a model's weights, for GPU admission")
     parser.add_argument("--crash-at-start", action="store_true",
                         help="exit 1 at once, before binding anything (for crash-loop tests)")
     return parser.parse_args(argv)
@@ -136,7 +139,7 @@ def parse_args(argv):
 
 def _no_options():
     from types import SimpleNamespace
-    return SimpleNamespace(start_seconds=0.0, start_memory_mb=0.0, crash_at_start=False)
+    return SimpleNamespace(start_seconds=0.0, start_memory_mb=0.0, gpu_allocate=False, crash_at_start=False)
 
 
 def _non_negative(text):
@@ -230,6 +233,7 @@ class Agent:
         self.pid = os.getpid()
         self.requests = 0
         self.ballast = None
+        self.gpu = None  # CudaMemory, with --gpu-allocate: released when the process exits
         self.zmq = self.ctx = self.rep = self.health = None
         self.endpoint = ""
 
@@ -242,6 +246,13 @@ class Agent:
             if args.start_memory_mb:
                 self.ballast = hold_memory(args.start_memory_mb)
             burn_cpu(args.start_seconds, self.tick)
+        if args.gpu_allocate:
+            amount = int(os.environ.get(contract.GPU_MEMORY) or 0)
+            try:
+                self.gpu = CudaMemory(amount)
+            except OSError as exc:
+                raise StartError(str(exc)) from None
+            log(f"{self.config.name}: holds {amount} bytes of GPU memory")
         import zmq
         self.zmq = zmq
         self.ctx = zmq.Context(io_threads=1)

@@ -40,6 +40,32 @@ def hold_memory(mb):
     return buf
 
 
+class CudaMemory:
+    """`amount` bytes of GPU memory from the CUDA runtime (cudaMalloc on the process's first
+    visible device, CUDA_VISIBLE_DEVICES), held until the process exits: what loading a
+    model's weights does. libcudart is the one the dynamic loader finds (the CUDA toolkit,
+    or PyPI's nvidia-cuda-runtime-cu12 on LD_LIBRARY_PATH); OSError says what failed."""
+
+    def __init__(self, amount):
+        import ctypes
+        lib = None
+        for name in ("libcudart.so.12", "libcudart.so.11.0", "libcudart.so"):
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        if lib is None:
+            raise OSError("--gpu-allocate: no CUDA runtime (libcudart.so.12) found")
+        lib.cudaGetErrorString.restype = ctypes.c_char_p
+        self.pointer = ctypes.c_void_p()
+        code = lib.cudaMalloc(ctypes.byref(self.pointer), ctypes.c_size_t(amount))
+        if code != 0:
+            raise OSError(f"cudaMalloc of {amount} bytes failed: {lib.cudaGetErrorString(code).decode()} "
+                          f"(CUDA error {code})")
+        self.amount = amount
+
+
 # --- the health port ----------------------------------------------------------------
 
 class Health:

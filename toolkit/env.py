@@ -74,4 +74,7 @@ def for_agent(manifest: "Manifest", agent: "Agent", *, activation: str | None = 
         env.append((DEPENDS, ",".join(addresses)))
     if agent.gpu_memory is not None:
         env.append((GPU_MEMORY, str(agent.gpu_memory)))
+        # Pinned to its GPU, numbered as NVML numbers them (CUDA's default is fastest first);
+        # the agent's own environment may say otherwise.
+        env += [("CUDA_DEVICE_ORDER", "PCI_BUS_ID"), ("CUDA_VISIBLE_DEVICES", str(agent.gpu))]
     return env + list(agent.environment)

@@ -22,7 +22,9 @@ ACTIVATOR_PROGRAM = "agentkit-activator"
 AGENT_PROGRAM = "agentkit-agent"  # the reference agent
 READY_PROGRAM = "agentkit-ready"  # the readiness probe (ready: port, http, command)
 # agentkit's own programs: always in its bin directory, on whichever machine a render is for.
-OWN_PROGRAMS = ("agentkit", AGENT_PROGRAM, ROUTER_PROGRAM, ACTIVATOR_PROGRAM, READY_PROGRAM, STATUS_PROGRAM)
+ADMIT_PROGRAM = "agentkit-admit"  # GPU admission under systemd: an optional GPU agent's ExecStartPre=
+OWN_PROGRAMS = ("agentkit", AGENT_PROGRAM, ROUTER_PROGRAM, ACTIVATOR_PROGRAM, READY_PROGRAM, STATUS_PROGRAM,
+                ADMIT_PROGRAM)
 # The units `agentkit down` stops on a systemd host, besides the target.
 PATTERNS = (PREFIX + "*.socket", PREFIX + "*.service")
 

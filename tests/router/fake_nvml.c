@@ -33,6 +33,9 @@
  *
  *         proc 0 4242 6144
  *
+ *   - Memory the processes allocate (cudaMalloc below) is taken from FREE_MIB and
+ *     reported per process like "proc" lines, while the process lives.
+ *
  *   - A single line "error CODE": every query (not nvmlInit, not nvmlShutdown)
  *     returns that NVML return code, e.g. "error 15" (NVML_ERROR_GPU_IS_LOST).
  *
@@ -41,6 +44,20 @@
  *     Removed after a successful init, queries return that code too.
  *
  *   - A file that does not parse: queries return NVML_ERROR_UNKNOWN (999).
+ *
+ * Allocations (the CUDA runtime's part)
+ * ------------------------------------
+ * Built as libcudart.so.12 too (the same file), it answers the calls a program
+ * makes to take GPU memory: cudaMalloc, cudaFree, cudaSetDevice, cudaMemGetInfo,
+ * cudaGetErrorString. The device is the first of CUDA_VISIBLE_DEVICES (its NVML
+ * index; default 0), like a pinned process on a real host. Allocations live in
+ * STATE.alloc, one line "INDEX PID MIB ID" each, replaced whole under flock(2)
+ * of STATE.lock; those
+ * of processes that no longer exist count no more (the driver frees a dead
+ * process's memory). An allocation that does not fit in the device's free
+ * memory fails with cudaErrorMemoryAllocation (2), as the real runtime does,
+ * and is counted: a line "INDEX PID MIB" in STATE.oom. The tests read that file
+ * to show that nothing ever ran out of memory.
  *
  * Like the real library, init and shutdown are reference counted, and queries
  * before nvmlInit (or after the last nvmlShutdown) return
@@ -59,10 +76,16 @@
  * library like the drivers before 510, for the sampler's fallback).
  */
 
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define EXPORT __attribute__((visibility("default")))
 
@@ -143,16 +166,85 @@ static const char *state_path(void)
     return (path != NULL && path[0] != '\0') ? path : NULL;
 }
 
-/* Parse the state file into *st; NVML_SUCCESS or the code queries return. */
+#define MAX_ALLOCS 256
+
+struct alloc {
+    unsigned index;
+    unsigned pid;
+    unsigned long long mib;
+    unsigned long long id;
+};
+
+static int alive(unsigned pid)
+{
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
+/* The allocations of live processes, from STATE.alloc; the count, or -1 if unreadable. */
+static int read_allocs(const char *path, struct alloc *out)
+{
+    char name[4096], line[256];
+    FILE *f;
+    int n = 0;
+    struct alloc a;
+    char extra;
+
+    if (snprintf(name, sizeof name, "%s.alloc", path) >= (int)sizeof name)
+        return -1;
+    if ((f = fopen(name, "r")) == NULL)
+        return errno == ENOENT ? 0 : -1;
+    while (n < MAX_ALLOCS && fgets(line, sizeof line, f) != NULL) {
+        if (sscanf(line, " %u %u %llu %llu %c", &a.index, &a.pid, &a.mib, &a.id, &extra) == 4 && alive(a.pid))
+            out[n++] = a;
+    }
+    fclose(f);
+    return n;
+}
+
+/* Live allocations as processes, and taken from their devices' free memory. */
+static nvmlReturn_t add_allocs(const char *path, struct state *st)
+{
+    struct alloc allocs[MAX_ALLOCS];
+    int i, n = read_allocs(path, allocs);
+
+    if (n < 0)
+        return NVML_ERROR_UNKNOWN;
+    for (i = 0; i < n; i++) {
+        struct device *d;
+        if (allocs[i].index >= st->count)
+            continue;
+        d = &st->devices[allocs[i].index];
+        d->free_mib = allocs[i].mib > d->free_mib ? 0 : d->free_mib - allocs[i].mib;
+        if (st->nprocs == MAX_PROCESSES)
+            return NVML_ERROR_UNKNOWN;
+        st->procs[st->nprocs].index = allocs[i].index;
+        st->procs[st->nprocs].pid = allocs[i].pid;
+        st->procs[st->nprocs].used_mib = allocs[i].mib;
+        st->nprocs++;
+    }
+    return NVML_SUCCESS;
+}
+
+static nvmlReturn_t read_state_file(struct state *st);
+
+/* Parse the state file into *st, allocations included; NVML_SUCCESS or the code queries return. */
 static nvmlReturn_t read_state(struct state *st)
+{
+    nvmlReturn_t ret;
+
+    if (__atomic_load_n(&init_count, __ATOMIC_SEQ_CST) <= 0)
+        return NVML_ERROR_UNINITIALIZED;
+    ret = read_state_file(st);
+    return ret == NVML_SUCCESS ? add_allocs(state_path(), st) : ret;
+}
+
+static nvmlReturn_t read_state_file(struct state *st)
 {
     const char *path = state_path();
     char line[256];
     FILE *f;
     nvmlReturn_t ret = NVML_SUCCESS;
 
-    if (__atomic_load_n(&init_count, __ATOMIC_SEQ_CST) <= 0)
-        return NVML_ERROR_UNINITIALIZED;
     if (path == NULL || (f = fopen(path, "r")) == NULL)
         return NVML_ERROR_DRIVER_NOT_LOADED;
     st->count = 0;
@@ -413,4 +505,189 @@ EXPORT nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device,
         (*count)++;
     }
     return NVML_SUCCESS;
+}
+
+
+/* --- the CUDA runtime's part: allocations ------------------------------------ */
+
+typedef int cudaError_t;
+enum { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
+       cudaErrorInitializationError = 3, cudaErrorInvalidDevice = 101 };
+
+static int current_device = -1;  /* cudaSetDevice's, else the first visible */
+
+static int visible(int ordinal)
+{
+    const char *list = getenv("CUDA_VISIBLE_DEVICES");
+    int i = 0;
+
+    if (list == NULL || list[0] == '\0')
+        return ordinal;
+    while (*list) {
+        char *end;
+        long index = strtol(list, &end, 10);
+        if (end == list || index < 0)
+            return -1;
+        if (i++ == ordinal)
+            return (int)index;
+        list = *end == ',' ? end + 1 : end;
+        if (*end != ',' && *end != '\0')
+            return -1;
+    }
+    return -1;
+}
+
+EXPORT const char *cudaGetErrorString(cudaError_t error)
+{
+    switch (error) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInitializationError: return "initialization error";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    default: return "unknown error";
+    }
+}
+
+EXPORT cudaError_t cudaSetDevice(int device)
+{
+    if (visible(device) < 0)
+        return cudaErrorInvalidDevice;
+    current_device = device;
+    return cudaSuccess;
+}
+
+/* Lock STATE.lock (created if need be): its fd, or -1. Only writers lock: they replace
+ * STATE.alloc whole (a temporary file renamed over it), so readers never see half of one. */
+static int lock_allocs(const char *path)
+{
+    char name[4096];
+    int fd;
+
+    if (snprintf(name, sizeof name, "%s.lock", path) >= (int)sizeof name)
+        return -1;
+    fd = open(name, O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+    if (fd < 0)
+        return -1;
+    (void)fchmod(fd, 0666);  /* agents of several users share it */
+    if (flock(fd, LOCK_EX) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Replace STATE.alloc by these allocations (under the lock). */
+static int write_allocs(const char *path, const struct alloc *allocs, int n)
+{
+    char name[4096], partial[4096];
+    FILE *f;
+    int i;
+
+    if (snprintf(name, sizeof name, "%s.alloc", path) >= (int)sizeof name
+        || snprintf(partial, sizeof partial, "%s.alloc.%d", path, (int)getpid()) >= (int)sizeof partial
+        || (f = fopen(partial, "w")) == NULL)
+        return -1;
+    (void)fchmod(fileno(f), 0666);
+    for (i = 0; i < n; i++)
+        fprintf(f, "%u %u %llu %llu\n", allocs[i].index, allocs[i].pid, allocs[i].mib, allocs[i].id);
+    if (fclose(f) != 0 || rename(partial, name) != 0) {
+        unlink(partial);
+        return -1;
+    }
+    return 0;
+}
+
+static void count_oom(const char *path, unsigned index, unsigned long long mib)
+{
+    char name[4096];
+    FILE *f;
+
+    if (snprintf(name, sizeof name, "%s.oom", path) >= (int)sizeof name || (f = fopen(name, "a")) == NULL)
+        return;
+    fprintf(f, "%u %u %llu\n", index, (unsigned)getpid(), mib);
+    fclose(f);
+}
+
+EXPORT cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    struct state st;
+    int index = visible(current_device < 0 ? 0 : current_device);
+    const char *path = state_path();
+
+    if (free_bytes == NULL || total_bytes == NULL)
+        return cudaErrorInvalidValue;
+    if (path == NULL || index < 0 || read_state_file(&st) != NVML_SUCCESS || add_allocs(path, &st) != NVML_SUCCESS)
+        return cudaErrorInitializationError;
+    if ((unsigned)index >= st.count)
+        return cudaErrorInvalidDevice;
+    *free_bytes = (size_t)(st.devices[index].free_mib << 20);
+    *total_bytes = (size_t)(st.devices[index].total_mib << 20);
+    return cudaSuccess;
+}
+
+EXPORT cudaError_t cudaMalloc(void **pointer, size_t size)
+{
+    static unsigned long long next_id;
+    struct state st;
+    struct alloc allocs[MAX_ALLOCS];
+    const char *path = state_path();
+    int index = visible(current_device < 0 ? 0 : current_device);
+    unsigned long long mib = ((unsigned long long)size + (1ULL << 20) - 1) >> 20;
+    int fd, n;
+    cudaError_t result = cudaSuccess;
+
+    if (pointer == NULL)
+        return cudaErrorInvalidValue;
+    if (path == NULL || index < 0)
+        return cudaErrorInitializationError;
+    if ((fd = lock_allocs(path)) < 0)
+        return cudaErrorInitializationError;
+    if (read_state_file(&st) != NVML_SUCCESS || (n = read_allocs(path, allocs)) < 0 || n == MAX_ALLOCS) {
+        result = cudaErrorInitializationError;
+    } else if ((unsigned)index >= st.count) {
+        result = cudaErrorInvalidDevice;
+    } else {
+        unsigned long long free_mib = st.devices[index].free_mib;
+        int i;
+        for (i = 0; i < n; i++)
+            if (allocs[i].index == (unsigned)index)
+                free_mib = allocs[i].mib > free_mib ? 0 : free_mib - allocs[i].mib;
+        if (mib > free_mib) {
+            count_oom(path, (unsigned)index, mib);
+            result = cudaErrorMemoryAllocation;
+        } else {
+            allocs[n].index = (unsigned)index;
+            allocs[n].pid = (unsigned)getpid();
+            allocs[n].mib = mib;
+            allocs[n].id = ((unsigned long long)getpid() << 24) | ++next_id;
+            if (write_allocs(path, allocs, n + 1) != 0)
+                result = cudaErrorInitializationError;
+            else
+                *pointer = (void *)(uintptr_t)(allocs[n].id << 8);  /* not memory: a handle for cudaFree */
+        }
+    }
+    close(fd);  /* the lock goes with it */
+    return result;
+}
+
+EXPORT cudaError_t cudaFree(void *pointer)
+{
+    struct alloc allocs[MAX_ALLOCS];
+    const char *path = state_path();
+    unsigned long long id = (unsigned long long)(uintptr_t)pointer >> 8;
+    int fd, n, i, kept = 0;
+
+    if (pointer == NULL)
+        return cudaSuccess;
+    if (path == NULL || (fd = lock_allocs(path)) < 0)
+        return cudaErrorInitializationError;
+    n = read_allocs(path, allocs);
+    for (i = 0; i < n; i++)
+        if (allocs[i].id != id)
+            allocs[kept++] = allocs[i];
+    if (n >= 0)
+        write_allocs(path, allocs, kept);
+    close(fd);
+    return n < 0 ? cudaErrorInitializationError : (kept == n ? cudaErrorInvalidValue : cudaSuccess);
 }

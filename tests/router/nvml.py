@@ -18,6 +18,7 @@ import tempfile
 
 SOURCE = pathlib.Path(__file__).resolve().with_name("fake_nvml.c")
 LIBRARY = "libnvidia-ml.so.1"
+CUDART = "libcudart.so.12"  # the same source: the CUDA runtime's allocation calls
 STATE_VARIABLE = "AGENTKIT_FAKE_NVML_STATE"
 
 
@@ -33,21 +34,22 @@ def build_fake_nvml(directory: pathlib.Path, *, without_memory_info_v2: bool = F
         raise RuntimeError("gcc is not installed (Debian package gcc): cannot build the fake NVML library")
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    # Build under a temporary name, then rename: a process loading the
-    # library never sees a half-written file.
-    partial = directory / f".{LIBRARY}.{os.getpid()}.tmp"
-    command = [gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
-               "-fvisibility=hidden", f"-Wl,-soname,{LIBRARY}",
-               "-o", str(partial), str(SOURCE)]
-    if without_memory_info_v2:
-        command.insert(1, "-DFAKE_NVML_WITHOUT_MEMORY_INFO_V2")
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        if result.returncode != 0 or result.stderr.strip():
-            raise RuntimeError(f"building {LIBRARY} failed ({' '.join(command)}):\n{result.stderr}")
-        os.replace(partial, directory / LIBRARY)
-    finally:
-        partial.unlink(missing_ok=True)
+    for soname in (LIBRARY, CUDART):
+        # Build under a temporary name, then rename: a process loading the
+        # library never sees a half-written file.
+        partial = directory / f".{soname}.{os.getpid()}.tmp"
+        command = [gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror",
+                   "-fvisibility=hidden", f"-Wl,-soname,{soname}",
+                   "-o", str(partial), str(SOURCE)]
+        if without_memory_info_v2:
+            command.insert(1, "-DFAKE_NVML_WITHOUT_MEMORY_INFO_V2")
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            if result.returncode != 0 or result.stderr.strip():
+                raise RuntimeError(f"building {soname} failed ({' '.join(command)}):\n{result.stderr}")
+            os.replace(partial, directory / soname)
+        finally:
+            partial.unlink(missing_ok=True)
     return directory
 
 
@@ -71,6 +73,24 @@ class FakeGpu:
         if len(devices) > 16 or len(processes) > 64:
             raise ValueError("the fake library reports at most 16 devices and 64 processes")
         self._write("".join(lines))
+
+    def allocations(self) -> list[tuple[int, int, int]]:
+        """(device index, pid, MiB) of every cudaMalloc still recorded (dead processes' too)."""
+        path = self.state_file.with_name(self.state_file.name + ".alloc")
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return []
+        return [tuple(int(x) for x in line.split()[:3]) for line in text.splitlines() if line.strip()]
+
+    def out_of_memory(self) -> list[tuple[int, int, int]]:
+        """(device index, pid, MiB) of every cudaMalloc that did not fit: what the tests want empty."""
+        path = self.state_file.with_name(self.state_file.name + ".oom")
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return []
+        return [tuple(int(x) for x in line.split()) for line in text.splitlines() if line.strip()]
 
     def fail(self, code: int = 15) -> None:
         """Make every query (not init) return NVML error `code` (15: GPU is lost)."""

@@ -58,13 +58,14 @@ class Row:
     cpu_seconds: float | None = None
     gpu_memory: int | None = None   # bytes, NVML's figures for its processes, at the last sample
     accepted: int | None = None     # connections accepted on its port (the activator counts; systemd does not)
+    why: str = ""                   # GPU admission's reason, when its last start was refused
 
     def as_json(self) -> dict:
         seen = self.seen
         return {"name": self.name, "essential": self.essential, "unit": self.unit, "state": seen.state,
                 "detail": seen.detail, "since": seen.since, "restarts": seen.restarts, "result": seen.result or None,
                 "last_start_s": seen.last_start_s, "memory": self.memory, "cpu_seconds": self.cpu_seconds,
-                "gpu_memory": self.gpu_memory, "accepted": self.accepted, "starts": dict(self.starts), "start_limit_hits": self.start_limit_hits}
+                "gpu_memory": self.gpu_memory, "why": self.why or None, "accepted": self.accepted, "starts": dict(self.starts), "start_limit_hits": self.start_limit_hits}
 
 
 class Subscriber:
@@ -87,6 +88,8 @@ class Board:
         self.version = 0         # bumped by every change of what /metrics shows but memory and CPU
         self.source_up = False   # the manager answers (D-Bus connected, signals subscribed)
         self.gpu = "not read yet"  # where GPU memory figures come from, or why there are none
+        self.gpus: list[dict] = []  # each GPU of the host's GPU agents: total, free, claimed, available
+        self.admission = None       # gpu.GpuView: what GPU admission decided, counted
         self.source_error = ""
         self.started = time.time()
 
@@ -212,6 +215,6 @@ class Board:
         counts = collections.Counter(r.seen.state for r in rows)
         return {"status": "ok" if self.healthy() else "degraded", "host": self.host,
                 "last_event_id": self.events[-1]["id"] if self.events else 0,
-                "source": "up" if self.source_up else f"down: {self.source_error}", "gpu": self.gpu,
+                "source": "up" if self.source_up else f"down: {self.source_error}", "gpu": self.gpu, "gpus": self.gpus,
                 "essential_down": down, "states": dict(sorted(counts.items())),
                 "agents": [r.as_json() for r in rows]}

@@ -13,7 +13,11 @@ from aiohttp import web
 from .. import logs, units
 from ..errors import AgentkitError
 from ..sdnotify import Notifier, until_stopped
+from ..gpu import ledger, table as gpu_table
 from .board import Board
+from .gpu import GpuView
+
+FOLLOW_INTERVAL = 0.2  # s between looks at the admission ledger (an fstat when nothing changed)
 from .web import make_app
 
 
@@ -38,9 +42,14 @@ def _listen(ctx, param, values) -> list[tuple[str, int]]:
 @click.option("--live", "liveness", multiple=True, metavar="NAME,SECONDS,FAILURES,KIND,HOST:PORT[,PATH]",
               help="supervisord: probe this agent while it runs (tcp, or http PATH); after FAILURES misses in a "
                    "row, have supervisord kill it so that it restarts (repeatable)")
+@click.option("--gpu", "gpus", multiple=True, metavar="INDEX=BYTES|auto",
+              help="a GPU of the host's GPU agents (repeatable; agentkit render writes these)")
+@click.option("--gpu-reserve", multiple=True, metavar="INDEX=BYTES", help="what the router keeps free on a GPU")
+@click.option("--tenant", "tenants", multiple=True, metavar="NAME=GPU:BYTES:CLASS",
+              help="a GPU agent: its GPU, its gpu_memory, its gpu_evict class (or essential)")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
 def main(listen: list[tuple[str, int]], host_name: str, backend: str, state_dir: str | None, liveness: tuple[str, ...],
-         log_level: str) -> None:
+         gpus: tuple[str, ...], gpu_reserve: tuple[str, ...], tenants: tuple[str, ...], log_level: str) -> None:
     """The host's status service: /health, /metrics, /events and a live page of every agent."""
     logs.setup(units.STATUS_PROGRAM, level=log_level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
@@ -52,7 +61,11 @@ def main(listen: list[tuple[str, int]], host_name: str, backend: str, state_dir:
         raise click.BadParameter(str(exc), param_hint="--live") from None
     if probes and backend != "supervisord":
         raise click.UsageError("--live is for supervisord: under systemd each agent's liveness is a unit")
-    sys.exit(asyncio.run(serve(listen, host_name, backend, state_dir, probes)))
+    try:
+        table = gpu_table.parse_args(list(gpus), list(gpu_reserve), list(tenants)) if tenants else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    sys.exit(asyncio.run(serve(listen, host_name, backend, state_dir, probes, table)))
 
 
 def _probe(text: str):
@@ -66,19 +79,34 @@ def _probe(text: str):
     return Probe(parts[0], float(parts[1]), int(parts[2]), parts[3], host, int(port), parts[5] if len(parts) == 6 else None)
 
 
-def _source(backend: str, board: Board, state_dir: str | None, probes=()):
+def _source(backend: str, board: Board, state_dir: str | None, probes=(), view: GpuView | None = None):
     if backend == "supervisord":
         from .supervisord import SupervisordSource
-        return SupervisordSource(board, state_dir, probes)
+        return SupervisordSource(board, state_dir, probes, view)
     from .systemd import SystemdSource  # sdbus only here
-    return SystemdSource(board)
+    return SystemdSource(board, view)
+
+
+def ledger_path(backend: str, state_dir: str | None) -> str:
+    """Where admission writes what it decided: agentkit-admit under systemd, the activator
+    (in its state directory) under supervisord."""
+    directory = ledger.SYSTEMD_DIR if backend == "systemd" else state_dir
+    return os.path.join(directory, ledger.NAME)
+
+
+async def _follow(view: GpuView, board: Board) -> None:
+    while True:
+        view.follow(board)
+        await asyncio.sleep(FOLLOW_INTERVAL)
 
 
 async def serve(listen: list[tuple[str, int]], host_name: str, backend: str = "systemd",
-                state_dir: str | None = None, probes=()) -> int:
+                state_dir: str | None = None, probes=(), table=None) -> int:
     log = logging.getLogger(units.STATUS_PROGRAM)
     board = Board(host_name)
-    source = _source(backend, board, state_dir, probes)
+    view = board.admission = GpuView(table, ledger_path(backend, state_dir))
+    source = _source(backend, board, state_dir, probes, view)
+    follower = asyncio.get_running_loop().create_task(_follow(view, board))
     notifier = Notifier(os.environ)
     runner = web.AppRunner(make_app(board, source.sample), access_log=None, handle_signals=False)
     await runner.setup()
@@ -104,6 +132,7 @@ async def serve(listen: list[tuple[str, int]], host_name: str, backend: str = "s
         await until_stopped(notifier)
         return 0
     finally:
+        follower.cancel()
         await runner.cleanup()
         source.close()
         notifier.close()

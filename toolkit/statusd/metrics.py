@@ -15,9 +15,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .board import CAUSES, COLD_START_BUCKETS, STATES, Board
+from .gpu import WAIT_BUCKETS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
-EVENT_KINDS = ("wake", "start", "ready", "idle-stop", "stop", "crash", "failed", "restart", "start-limit-hit")
+EVENT_KINDS = ("wake", "start", "ready", "idle-stop", "stop", "crash", "failed", "restart", "start-limit-hit",
+               "gpu-admit", "gpu-evict", "gpu-refuse")
 
 
 class AgentCollector:
@@ -113,6 +115,51 @@ class LiveCollector:
         clients = GaugeMetricFamily("agentkit_status_event_clients", "Clients reading /events now", labels=["host"])
         clients.add_metric([host], len(board.subscribers))
         yield from (memory, cpu, gpu, accepted, up, healthy, clients)
+        if board.admission is not None and board.admission.table is not None:
+            yield from admission_metrics(board, board.admission)
+
+
+def admission_metrics(board: Board, view):
+    """Per GPU: its memory as admission counts it; what admission decided, counted."""
+    host = board.host
+    families = {key: GaugeMetricFamily(f"agentkit_gpu_memory_{key}_bytes", text, labels=["host", "gpu"])
+                for key, text in (("total", "The GPU's memory (NVML, else the manifest's figure)"),
+                                  ("free", "Free memory of the GPU as NVML reports it"),
+                                  ("claimed", "Memory admitted to running GPU agents and not yet in use by them "
+                                              "(without NVML: all that they were admitted for)"),
+                                  ("available", "What a new GPU agent may take now: free, less the router's "
+                                                "reserve, less what is claimed"))}
+    nvml = GaugeMetricFamily("agentkit_gpu_nvml", "1 when the figures come from NVML, 0 when from the manifest",
+                             labels=["host", "gpu"])
+    for room in view.rooms:
+        label = [host, str(room.index)]
+        for key in ("total", "free", "claimed", "available"):
+            value = getattr(room, key)
+            if value is not None:
+                families[key].add_metric(label, value)
+        nvml.add_metric(label, 1 if room.source == "NVML" else 0)
+    admitted = CounterMetricFamily("agentkit_gpu_admissions", "GPU agents admitted (started once room was there)",
+                                   labels=["host", "gpu", "agent"])
+    for (index, name), count in sorted(view.admissions.items()):
+        admitted.add_metric([host, str(index), name], count)
+    refused = CounterMetricFamily("agentkit_gpu_refusals", "GPU agents refused: no room within their start_timeout",
+                                  labels=["host", "gpu", "agent"])
+    for (index, name), count in sorted(view.refusals.items()):
+        refused.add_metric([host, str(index), name], count)
+    evicted = CounterMetricFamily("agentkit_gpu_evictions", "Idle agents stopped to make room, by victim",
+                                  labels=["host", "gpu", "victim"])
+    for (index, name), count in sorted(view.evictions.items()):
+        evicted.add_metric([host, str(index), name], count)
+    waits = HistogramMetricFamily("agentkit_gpu_admission_wait_seconds",
+                                  "How long an admission waited for room (evictions included)", labels=["host", "gpu"])
+    for index, counts in sorted(view.waits.items()):
+        buckets, running = [], 0
+        for bound, count in zip(WAIT_BUCKETS, counts):
+            running += count
+            buckets.append((repr(bound), running))
+        buckets.append(("+Inf", counts[-2]))
+        waits.add_metric([host, str(index)], buckets, counts[-1])
+    yield from (*families.values(), nvml, admitted, refused, evicted, waits)
 
 
 class Metrics:

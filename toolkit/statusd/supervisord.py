@@ -21,9 +21,9 @@ from ..backends import process_cpu, rss
 from ..backends.supervisord import run
 from ..backends.supervisord.config import Config
 from ..backends.supervisord.render import ACTIVATOR, ACTIVATOR_CONFIG, CONTROL
-from . import gpu, liveness
+from . import liveness
 from .board import Board, Observation
-from .gpu import GpuProcesses
+from .gpu import GpuView
 
 log = logging.getLogger(units.STATUS_PROGRAM)
 POLL = 0.5  # s between looks at supervisord's process list
@@ -31,7 +31,7 @@ NOT_OURS = (ACTIVATOR, units.STATUS_PROGRAM)
 
 
 class SupervisordSource:
-    def __init__(self, board: Board, state_dir: str, probes=()) -> None:
+    def __init__(self, board: Board, state_dir: str, probes=(), gpu_view: GpuView | None = None) -> None:
         self.board = board
         self.state_dir = state_dir
         self.probes = list(probes)
@@ -41,7 +41,7 @@ class SupervisordSource:
         self.restarts: dict[str, int] = {}
         self.tasks: list[asyncio.Task] = []
         self.lock = asyncio.Lock()
-        self.gpu = GpuProcesses()
+        self.gpu = gpu_view or GpuView()
 
     async def start(self) -> None:
         config = Config.load(os.path.join(self.state_dir, ACTIVATOR_CONFIG))
@@ -158,4 +158,4 @@ class SupervisordSource:
             running = pid and row.seen.state in ("active", "starting", "stopping")
             row.memory = rss(pid) if running else None
             row.cpu_seconds = process_cpu(pid) if running else None
-        gpu.attribute(self.board, self.gpu, self.owner)
+        self.gpu.attribute(self.board, self.owner)

@@ -18,9 +18,8 @@ from .. import units
 from ..backends import process_cpu, rss
 from ..backends.systemd.dbus import NO_VALUE, Systemd, UnitState
 from ..backends.systemd.status import state_of
-from . import gpu
 from .board import Board, Observation
-from .gpu import GpuProcesses
+from .gpu import GpuView
 
 log = logging.getLogger(units.STATUS_PROGRAM)
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -29,7 +28,7 @@ NOT_OURS = (units.ROUTER, units.STATUS, units.STATUS_USER_UNIT)
 
 
 class SystemdSource:
-    def __init__(self, board: Board) -> None:
+    def __init__(self, board: Board, gpu_view: GpuView | None = None) -> None:
         self.board = board
         self.manager: Systemd | None = None
         self.paths: dict[str, str] = {}     # object path -> agent name
@@ -38,7 +37,7 @@ class SystemdSource:
         self.pending: dict[str, asyncio.Task] = {}
         self.again: set[str] = set()
         self.tasks: set[asyncio.Task] = set()
-        self.gpu = GpuProcesses()
+        self.gpu = gpu_view or GpuView()
 
     async def start(self) -> None:
         await self.connect()
@@ -161,7 +160,7 @@ class SystemdSource:
             row.memory, row.cpu_seconds = cgroup_usage(os.path.join(CGROUP_ROOT, group.lstrip("/")))
             if row.memory is None:  # no memory controller for the cgroup (a container): the main process's
                 row.memory, row.cpu_seconds = rss(row.seen.pid), process_cpu(row.seen.pid)
-        gpu.attribute(self.board, self.gpu, self.owner)
+        self.gpu.attribute(self.board, self.owner)
 
 
 def _unit_state(props: dict) -> UnitState:

@@ -523,7 +523,7 @@ def test_the_writer_cannot_build_what_the_reader_would_refuse():
     ([], "lab.json: expected an object, got array"),
     ({k: v for k, v in GOOD.items() if k != "supervisor"}, "lab.json: supervisor: missing"),
     (variant(supervisord="x"), "lab.json: supervisord: unknown key (did you mean 'supervisor'?); "
-                               "expected fleet, host, supervisor, control, agents"),
+                               "expected fleet, host, supervisor, control, agents, gpu"),
     (variant(supervisor="unix://relative.sock"),
      'lab.json: supervisor: expected supervisord\'s server URL, unix:///absolute/path.sock or '
      'http://host:port, got "unix://relative.sock"'),

@@ -201,7 +201,8 @@ def _check_against_manifest(m, host, opts, profile=None):
     assert status.autostart and status.autorestart
     words = shlex.split(status.command)
     assert words[:6] == [f"{BIN}/agentkit-status", "--backend", "supervisord", "--state-dir", STATE, "--host"]
-    assert words[6] == host and f"{m.hosts[host].status_port}" in words[-1]
+    listens = [words[i + 1] for i, word in enumerate(words) if word == "--listen"]
+    assert words[6] == host and listens and all(w.endswith(f":{m.hosts[host].status_port}") for w in listens)
     activator = programs[ACTIVATOR]
     assert activator.autostart and activator.priority == 1
     assert shlex.split(activator.command) == [f"{BIN}/agentkit-activator", "--config", f"{STATE}/activator.json"]
@@ -319,7 +320,8 @@ def test_activator_json_lists_each_optional_agent_with_its_addresses_and_times()
             {"name": "Proxied", "program": "Proxied", "listen": ["0.0.0.0", 5001],
              "target": ["127.0.0.1", 25001], "depends_on": ["Native"], "idle_stop": 45.0, "start_timeout": 30.0,
              "ready": ["http", "/health"]},
-        ]}
+        ],
+        "gpu": ["--gpu", "0=auto", "--tenant", "Native=0:6442450944:normal"]}
     for entry in json.loads(text)["agents"]:
         assert isinstance(entry["idle_stop"], float) and isinstance(entry["start_timeout"], float)
 

@@ -207,7 +207,8 @@ def test_gpu_memory_per_agent_from_nvml_per_process_figures(lab, tmp_path):
         assert agents["Base"]["gpu_memory"] == 6144 << 20 and agents["Lazy"]["gpu_memory"] is None
         assert metric(_metrics(port), "agentkit_agent_gpu_memory_bytes", agent="Base") == 6144 << 20
         gpu.set(("GPU0", 16384, 8192), processes=((0, base, 2048),))  # it freed some
-        assert metric(_metrics(port), "agentkit_agent_gpu_memory_bytes", agent="Base") == 2048 << 20
+        wait_for(lambda: metric(_metrics(port), "agentkit_agent_gpu_memory_bytes", agent="Base") == 2048 << 20,
+                 "the new figure (NVML is read at most every 100 ms)", timeout=10)
     finally:
         status.terminate()
         status.wait(timeout=30)

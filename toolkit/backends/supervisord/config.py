@@ -118,15 +118,35 @@ def _ready(value):
               f"got {json.dumps(value)}")
 
 
+def _gpu(value):
+    """The host's GPU table as agentkit.gpu.table's words ([] without GPU agents)."""
+    if not (isinstance(value, list) and all(isinstance(word, str) for word in value)):
+        raise Bad(f"expected an array of words, got {json.dumps(value)}")
+    from agentkit.gpu import table
+    gpus, reserve, tenants = [], [], []
+    lists = {"--gpu": gpus, "--gpu-reserve": reserve, "--tenant": tenants}
+    if len(value) % 2 or any(option not in lists for option in value[::2]):
+        raise Bad(f"expected --gpu, --gpu-reserve and --tenant, each with its value, got {json.dumps(value)}")
+    for option, word in zip(value[::2], value[1::2]):
+        lists[option].append(word)
+    try:
+        return table.parse_args(gpus, reserve, tenants) if value else None
+    except ValueError as exc:
+        raise Bad(str(exc)) from None
+
+
 def _seconds(value):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise Bad(f"expected seconds above zero, got {json.dumps(value)}")
     return float(value)
 
 
-def _read(read):
-    """A dataclass field whose JSON value `read` turns into the field's value."""
-    return field(metadata={"read": read})
+def _read(read, *absent):
+    """A dataclass field whose JSON value `read` turns into the field's value; `absent`, if
+    given, is the value of a key the file leaves out (one older than the key)."""
+    if absent:
+        return field(default=absent[0], metadata={"read": read, "absent": absent})
+    return field(metadata={"read": read, "absent": absent})
 
 
 def _object(cls, value):
@@ -140,6 +160,9 @@ def _object(cls, value):
     values = {}
     for f in fields(cls):
         if f.name not in value:
+            if f.metadata["absent"]:
+                values[f.name] = f.metadata["absent"][0]
+                continue
             raise Bad("missing", f.name)
         try:
             values[f.name] = f.metadata["read"](value[f.name])
@@ -189,6 +212,7 @@ class Config:
     supervisor: str = _read(_url)               # supervisord's XML-RPC server URL
     control: str = _read(_path)                 # the activator's own socket: wake, state, events (control.py)
     agents: tuple[AgentSpec, ...] = _read(_objects(AgentSpec))
+    gpu: object = _read(_gpu, None)             # agentkit.gpu.table.Table, or None: no GPU agents
 
     def __post_init__(self):
         # What the activator could not run with: an agent it could not tell apart, or a start
@@ -209,7 +233,9 @@ class Config:
     # -- writing
 
     def to_json(self):
-        return asdict(self)  # tuples stay tuples: JSON arrays
+        data = asdict(self)  # tuples stay tuples: JSON arrays
+        data["gpu"] = self.gpu.args() if self.gpu is not None else []
+        return data
 
     def dumps(self):
         """The text of activator.json (stable: sorted keys, two-space indent, a final newline)."""

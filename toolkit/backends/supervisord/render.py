@@ -65,6 +65,7 @@ from ...checks import Issue, port_owners
 from ...errors import AgentkitError
 from ...files import RenderedFile
 from ...model import Agent, Manifest
+from ...gpu import table as gpu_table
 from ...statusd import where as status_where
 from .config import AgentSpec, Config as ActivatorConfig
 
@@ -325,6 +326,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
             "user": agent.user,
             "private": privates.get(agent.name),
         })
+    gpus = gpu_table.for_host(manifest, host, agents)
     context = {
         "fleet": manifest.name,
         "host": host,
@@ -339,7 +341,8 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
             "command": command_value([posixpath.join(bin_dir, units.STATUS_PROGRAM), "--backend", "supervisord",
                                       "--state-dir", state_dir, "--host", host]
                                      + [w for a in status_where.listen(manifest.hosts[host]) for w in ("--listen", a)]
-                                     + [w for a in agents if a.liveness for w in ("--live", live_option(a, privates))]),
+                                     + [w for a in agents if a.liveness for w in ("--live", live_option(a, privates))]
+                                     + (gpus.args() if gpus else [])),
             "logfile": path(logs, f"{units.STATUS_PROGRAM}.log", what="state_dir"),
         },
         "activator": {
@@ -363,7 +366,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
                   ready=probe(agent, bin_dir, privates[agent.name]))
         for agent in sorted((a for a in agents if a.optional), key=lambda a: a.name))
     activator = ActivatorConfig(fleet=manifest.name, host=host, supervisor=f"unix://{socket}",
-                                control=posixpath.join(state_dir, CONTROL), agents=entries)
+                                control=posixpath.join(state_dir, CONTROL), agents=entries, gpu=gpus)
     return sorted([
         RenderedFile(CONF, conf),
         RenderedFile(ACTIVATOR_CONFIG, activator.dumps()),

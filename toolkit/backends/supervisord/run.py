@@ -261,6 +261,9 @@ def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) 
             said = _last_words(state_dir, agent.name)
             if said:
                 detail += f": {said}"
+        why = (held.get(agent.name) or {}).get("why")
+        if why and state != "active":  # the activator's: e.g. no room on its GPU
+            detail += f"; its last start failed: {why}"
         pid = info["pid"] if info else 0
         since = info["start"] if info and state in ("active", "starting") else (info or {}).get("stop") or None
         last = (held.get(agent.name) or {}).get("last_start_s")

@@ -15,6 +15,7 @@ from ... import env as contract, escape, graph, programs, templating, units, val
 from ...files import RenderedFile
 from ...model import Manifest
 from ...router.settings import ROUTER_SETTINGS, router_flag_value
+from ...gpu import table as gpu_table
 from ...statusd import where
 
 SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
@@ -64,6 +65,18 @@ def ready_command(agent, bin_dir: str) -> str | None:
     return escape.systemd_exec(probe + ["--command", *programs.argv(ready.command, bin_dir, port)])
 
 
+def admit_command(agent, table, bin_dir: str) -> str | None:
+    """ExecStartPre= that admits an optional GPU agent on its GPU (agentkit-admit), or None.
+    With full privileges ('+'): it reads other agents' processes and stops idle ones over D-Bus.
+    systemd arms TimeoutStartSec= anew for it, as for ExecStart=: a little under it, so that
+    admission, not systemd's SIGTERM, ends a wait for room, and says why."""
+    if table is None or agent.essential or table.tenant(agent.name) is None:
+        return None
+    budget = values.seconds(agent.start_timeout)
+    return "+" + escape.systemd_exec([os.path.join(bin_dir, units.ADMIT_PROGRAM), agent.name, "--timeout",
+                                      f"{max(budget * 0.5, budget - 0.5):g}"] + table.args())
+
+
 def live_command(agent, bin_dir: str) -> list[str]:
     """agentkit-ready --live for an agent: its health port if it has one, else the port its program
     listens on (the private one behind the proxy)."""
@@ -110,6 +123,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
 
     profile_name = profile or manifest.default_profile
     on_host = {a.name: a for a in agents}
+    gpus = gpu_table.for_host(manifest, host, agents)
     files: list[RenderedFile] = []
     try:
         for agent in agents:
@@ -125,6 +139,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 wants=wants,
                 command=escape.systemd_exec(programs.argv(agent.command, bin_dir, contract.listen_port(agent))),
                 ready=ready_command(agent, bin_dir),
+                admit=admit_command(agent, gpus, bin_dir),
                 environment=[escape.systemd_env(k, v) for k, v in contract.for_agent(manifest, agent)],
                 slice=units.slice_(agent.slice),
                 target=units.TARGET,
@@ -163,7 +178,8 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
             )))
         files.append(RenderedFile(units.STATUS, status_t.render(
             host=host, source=os.path.basename(manifest.hosts[host].where.file), target=units.TARGET,
-            slice=units.ROOT_SLICE, command=escape.systemd_exec(status_command(manifest.hosts[host], bin_dir)),
+            slice=units.ROOT_SLICE,
+            command=escape.systemd_exec(status_command(manifest.hosts[host], bin_dir) + (gpus.args() if gpus else [])),
             loopback=where.loopback_only(where.listen(manifest.hosts[host])),
             agent={"user": units.STATUS_USER}, user=units.STATUS_USER, user_unit=units.STATUS_USER_UNIT,
         )))

@@ -7,7 +7,10 @@ A dormant agent is never woken to find out: its health port is not on the socket
 
 from __future__ import annotations
 
+import os
+
 from ... import graph, units
+from ...gpu import ledger
 from ...model import Manifest
 from .. import AgentStatus, rss
 from . import install
@@ -45,6 +48,7 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
         if agent.optional:
             names.append(units.socket(agent.name, agent.activation))
     states = await manager.states(names)
+    ledger_path = os.path.join(ledger.SYSTEMD_DIR, ledger.NAME)  # GPU admission's (agentkit-admit)
     out = []
     for agent in agents:
         service = states.get(units.service(agent.name))
@@ -74,7 +78,10 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
             if began and ready and ready >= began:
                 last_start = round((ready - began) / 1e6, 6)
             result = props.get("Result")
-            if state == "failed" or service.sub_state == "auto-restart":
+            refused = ledger.refusal(ledger_path, agent.name) if agent.gpu_memory and state != "active" else None
+            if refused:
+                detail += f": its last start was refused: {refused}"
+            elif state == "failed" or service.sub_state == "auto-restart":
                 said = install.last_words(units.service(agent.name))  # why, in the program's own words
                 if said:
                     detail += f": {said}"

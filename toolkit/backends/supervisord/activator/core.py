@@ -13,6 +13,7 @@ from agentkit import proc, ready
 from . import PROG
 from .agent import Agent, StartFailed
 from .control import Control
+from .gpu import Admission, ledger_path
 from .link import Link
 from .rpc import ALREADY_STARTED, BAD_NAME, DOWN_STATES, NOT_RUNNING, UP_STATES, SupervisorUnreachable, fault_code
 
@@ -41,6 +42,7 @@ class Activator:
         self.links = set()
         self.tasks = set()
         self.watchers = set()  # control.py's "events" clients: a queue each, of agent names
+        self.admission = Admission(self, config.gpu, ledger_path(config.control)) if config.gpu else None
 
     def changed(self, agent):
         """Tell the watchers (the status service) that `agent` starts, is ready, failed or stopped."""
@@ -160,13 +162,21 @@ class Activator:
                     self._ready(agent)  # up and ready: e.g. started for another dependant just now
                     return
                 self.changed(agent)
-                await self.start_program(agent, info, began)
+                if self.admission is not None and self.admission.wants(agent):
+                    # As under systemd (ExecStartPre=, then ExecStart=), the wait for room and
+                    # the start have a start_timeout each.
+                    await self.admission.admit(agent, began + agent.spec.start_timeout)
+                    info = await self.info(agent)
+                await self.start_program(agent, info, loop.time())
             except StartFailed as exc:
                 log.warning(f"{agent.name}: start failed after {(loop.time() - began) * 1000:.0f} ms: "
                             f"{exc}{_closing(agent)}")
                 agent.why = str(exc)
                 self.changed(agent)
                 raise
+            finally:
+                if self.admission is not None:
+                    self.admission.release(agent)
             if agent.starts != starts:
                 agent.last_start_s = round(loop.time() - began, 6)
             agent.why = ""
@@ -331,6 +341,27 @@ class Activator:
             log.warning(f"{agent.name}: stop failed, trying again after idle_stop: {exc}")
         finally:
             agent.stop_task = None
+
+    async def stop_now(self, agent, why):
+        """Stop an idle agent at once (GPU admission makes room); whether it was stopped. A
+        connection that came meanwhile keeps it up."""
+        agent.ready = False  # new connections go through ensure(), which waits for the stop
+        async with agent.lock:
+            if agent.conns or not agent.active:
+                agent.ready = agent.active
+                return not agent.active
+            began = time.monotonic()
+            try:
+                await self.rpc.call("stopProcess", agent.spec.program, True)
+            except Exception as exc:  # noqa: BLE001 - xmlrpc.client.Fault, SupervisorUnreachable
+                if fault_code(exc) != NOT_RUNNING:
+                    agent.ready = True
+                    log.warning(f"{agent.name}: stop {why} failed: {getattr(exc, 'faultString', None) or exc}")
+                    return False
+            agent.active = False
+            self.changed(agent)
+            log.info(f"{agent.name}: stopped {why}, in {(time.monotonic() - began) * 1000:.0f} ms")
+            return True
 
     async def _stop(self, agent):
         async with agent.lock:

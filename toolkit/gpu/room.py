@@ -1,0 +1,65 @@
+"""Waiting for room: the loop both backends run to admit an agent. Each pass samples NVML (a
+fresh sample after a stop, at most once per interval), asks admission.plan, stops the victims
+it names, and tries again until the agent fits or the deadline passes. The backend says what
+runs (`running`), how to stop an agent (`stop`), and where records go (`record`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable
+
+from . import admission
+from .nvml import Sampler
+from .table import Table, Tenant
+
+
+class NoRoom(Exception):
+    """The agent did not fit within its deadline; the message says why."""
+
+
+async def wait_for_room(table: Table, tenant: Tenant, sampler: Sampler, deadline: float, *,
+                        running: Callable[..., Awaitable[list[admission.Running]]],
+                        stop: Callable[[str], Awaitable[bool]],
+                        record: Callable[..., None],
+                        clock: Callable[[], float] = time.monotonic) -> list[str]:
+    """Return the agents stopped for `tenant` once it fits on its GPU (recorded "admit");
+    NoRoom (recorded "refuse") when it still does not at `deadline` (on `clock`).
+    `running(sample)`: the GPU's other tenants now; `stop(name)`: whether it was stopped."""
+    began = clock()
+    evicted: list[str] = []
+    fresh = False
+    while True:
+        if fresh:
+            await asyncio.sleep(sampler.due())
+        sample = sampler.sample(fresh=fresh)
+        decision = admission.plan(table, tenant, sample.free(tenant.gpu), await running(sample), sampler.source())
+        waited = round(clock() - began, 6)
+        if decision.fits:
+            record("admit", tenant, waited, decision.room, victims=evicted)
+            return evicted
+        for victim in decision.victims:
+            stopping = clock()
+            if await stop(victim):
+                evicted.append(victim)
+                record("evict", table.tenant(victim), waited, decision.room,
+                       **{"for": tenant.name, "stop_s": round(clock() - stopping, 6)})
+        if clock() >= deadline:
+            reason = f"{decision.reason(tenant)}; waited {waited:g} s (start_timeout)"
+            record("refuse", tenant, waited, decision.room, reason=reason)
+            raise NoRoom(reason)
+        fresh = True
+
+
+def record_to(path: str, log) -> Callable[..., None]:
+    """A `record` that appends to the ledger at `path` (a failure to write is logged, not fatal)."""
+    from . import ledger
+
+    def record(kind, tenant, waited, room, **extra):
+        entry = {"kind": kind, "agent": tenant.name, "gpu": tenant.gpu, "need": tenant.need, "waited_s": waited,
+                 **({"available": room.available, "claimed": room.claimed} if room is not None else {}), **extra}
+        try:
+            ledger.append(path, entry)
+        except OSError as exc:
+            log.warning(f"cannot write the GPU ledger {path}: {exc}")
+    return record
