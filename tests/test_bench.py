@@ -57,3 +57,14 @@ def test_readiness_benchmark_runs_under_supervisord():
     assert {kind: row["n"] for kind, row in report["kinds"].items()} == {"notify": 2, "port": 2, "http": 2,
                                                                           "command": 2}
     assert report["chain"]["this"]["n"] == 1
+
+
+def test_gpu_admission_benchmark_runs():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_admission.py"), "--rounds", "1",
+                             "--decisions", "200", "--json"], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    results = json.loads(result.stdout)
+    first = results["first_answer"]
+    assert first["room_free"]["n"] == first["with_eviction"]["n"] == first["victim_stop"]["n"] == 1
+    assert first["oom"] == 0
+    assert results["decisions"]["decisions"] == 200 and results["decisions"]["nvml"]
