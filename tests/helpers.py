@@ -131,3 +131,23 @@ def metric(text: str, name: str, **labels) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     return None
+
+
+def at_once(call, count: int, timeout: float = 60.0) -> tuple[list, list]:
+    """`count` calls of `call()` from as many threads at once: (results, exceptions)."""
+    import threading
+
+    results, errors = [], []
+
+    def one():
+        try:
+            results.append(call())
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return results, errors

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import http_get, metric, wait_for
+from helpers import at_once, http_get, metric, wait_for
 
 from agentkit.client import zmq_request
 
@@ -196,19 +196,7 @@ def test_eviction_both_ways_and_a_busy_agent_kept_on_systemd(gpulab):
 
 def test_a_burst_makes_one_admission_and_essential_and_other_gpus_are_kept_on_systemd(gpulab):
     container = gpulab
-    replies, errors = [], []
-
-    def ask():
-        try:
-            replies.append(_ask("B", timeout=30))
-        except Exception as exc:  # noqa: BLE001 - asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=ask) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    replies, errors = at_once(lambda: _ask("B", timeout=30), 20)
     assert not errors and len(replies) == 20, errors
     wait_for(lambda: _counted("agentkit_gpu_admissions_total", gpu="0", agent="B") == 1, "B's admission counted")
 

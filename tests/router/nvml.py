@@ -76,21 +76,18 @@ class FakeGpu:
 
     def allocations(self) -> list[tuple[int, int, int]]:
         """(device index, pid, MiB) of every cudaMalloc still recorded (dead processes' too)."""
-        path = self.state_file.with_name(self.state_file.name + ".alloc")
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return []
-        return [tuple(int(x) for x in line.split()[:3]) for line in text.splitlines() if line.strip()]
+        return self._records(".alloc")
 
     def out_of_memory(self) -> list[tuple[int, int, int]]:
         """(device index, pid, MiB) of every cudaMalloc that did not fit: what the tests want empty."""
-        path = self.state_file.with_name(self.state_file.name + ".oom")
+        return self._records(".oom")
+
+    def _records(self, suffix: str) -> list[tuple[int, int, int]]:
         try:
-            text = path.read_text()
+            text = self.state_file.with_name(self.state_file.name + suffix).read_text()
         except FileNotFoundError:
             return []
-        return [tuple(int(x) for x in line.split()) for line in text.splitlines() if line.strip()]
+        return [tuple(int(x) for x in line.split()[:3]) for line in text.splitlines() if line.strip()]
 
     def fail(self, code: int = 15) -> None:
         """Make every query (not init) return NVML error `code` (15: GPU is lost)."""

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import http_get, metric, wait_for
+from helpers import at_once, http_get, metric, wait_for
 
 from agentkit.client import zmq_request
 
@@ -223,19 +223,7 @@ def test_a_burst_of_first_connections_makes_one_admission(lab_figures):
     lab, _ = lab_figures
     before = _decided(lab, "admit", "B")
     assert _states(lab)["B"] in ("dormant", "failed")
-    replies, errors = [], []
-
-    def ask():
-        try:
-            replies.append(_ask(lab, "B", timeout=30))
-        except Exception as exc:  # noqa: BLE001 - collected, asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=ask) for _ in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    replies, errors = at_once(lambda: _ask(lab, "B", timeout=30), 20)
     assert not errors and len(replies) == 20
     assert _decided(lab, "admit", "B") == before + 1  # the activator's own record: one admission
     wait_for(lambda: metric(_metrics(lab), "agentkit_gpu_admissions_total", host="lab", gpu="0", agent="B")
