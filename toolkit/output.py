@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Sequence
 
 from . import graph, values
+from .gpu.admission import REFUSED
 from .model import Agent, Manifest
 from .router.settings import router_flag_value
 
@@ -91,7 +92,11 @@ def status_table(rows: Sequence[dict], now: float | None = None) -> str:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    return table(lines) + "\n" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    # A start GPU admission refused: the agent looks dormant, so say why under the table.
+    refused = [f"{r['name']}: {r['detail'].split(REFUSED + ': ', 1)[1]}" for r in rows
+               if REFUSED + ": " in (r.get("detail") or "")]
+    return (table(lines) + "\n" + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            + "".join(f"\n{line}" for line in refused))
 
 
 def ago(now: float, since: float | None) -> str:

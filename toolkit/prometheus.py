@@ -148,6 +148,16 @@ def _rules(manifest: Manifest, runbook: str) -> dict:
                   "{{ $value | humanizePercentage }} of its memory free for 10 minutes: "
                   "local requests that do not fit go to the cloud."),
         ]})
+    groups.append({"name": "agentkit-gpu", "rules": [
+        # A refusal's counter is born at 1: increase() alone would miss the first one.
+        alert("AgentkitGpuAdmissionRefused",
+              "increase(agentkit_gpu_refusals_total[10m]) > 0 or "
+              "(agentkit_gpu_refusals_total unless agentkit_gpu_refusals_total offset 10m)",
+              "0m", "warning", "{{ $labels.agent }} on {{ $labels.host }} found no room on GPU {{ $labels.gpu }}",
+              "A start of {{ $labels.agent }} on {{ $labels.host }} was refused in the last 10 minutes: its "
+              "gpu_memory was not free on GPU {{ $labels.gpu }} within its start_timeout, and no idle agent "
+              "could be stopped for it. Its clients were closed."),
+    ]})
     groups.append({"name": "agentkit-status", "rules": [
         alert("AgentkitStatusServiceDown", f'up{{job="{STATUS_JOB}"}} == 0', "2m", "critical",
               "The status service of {{ $labels.host }} does not answer",

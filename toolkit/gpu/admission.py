@@ -22,6 +22,10 @@ from ..settings import EVICT_ORDER
 from .table import ESSENTIAL, Table, Tenant
 
 
+REFUSED = "its last start was refused"  # how `agentkit status` tells a refusal (both backends)
+NO_ROOM = "no room on GPU"  # how a refusal's reason begins
+
+
 @dataclass(frozen=True)
 class Running:
     """A GPU agent that is up or coming up, as its backend sees it."""
@@ -55,7 +59,7 @@ class Plan:
         held = f"; not stopped: {', '.join(self.blockers)}" if self.blockers else ""
         where = "" if room.source == "NVML" else f" ({room.source})"
         available = "unknown" if room.available is None else gib(max(0, room.available))
-        return (f"no room on GPU {room.index} for {tenant.name}: needs {gib(tenant.need)}, "
+        return (f"{NO_ROOM} {room.index} for {tenant.name}: needs {gib(tenant.need)}, "
                 f"{available} available{where}{held}")
 
 

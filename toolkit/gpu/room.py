@@ -28,9 +28,11 @@ async def wait_for_room(table: Table, tenant: Tenant, sampler: Sampler, deadline
     `running(sample)`: the GPU's other tenants now; `stop(name)`: whether it was stopped."""
     began = clock()
     evicted: list[str] = []
-    fresh = False
+    fresh = stopped = False
     while True:
-        if fresh:
+        # After a stop, NVML is asked again once the interval allows (the memory comes back as
+        # the process exits); without NVML the bookkeeping already knows, so at once.
+        if fresh and (sampler.available or not stopped):
             await asyncio.sleep(sampler.due())
         sample = sampler.sample(fresh=fresh)
         decision = admission.plan(table, tenant, sample.free(tenant.gpu), await running(sample), sampler.source())
@@ -38,6 +40,7 @@ async def wait_for_room(table: Table, tenant: Tenant, sampler: Sampler, deadline
         if decision.fits:
             record("admit", tenant, waited, decision.room, victims=evicted)
             return evicted
+        stopped = bool(decision.victims)
         for victim in decision.victims:
             stopping = clock()
             if await stop(victim):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ... import files, graph, proc, ready, values
+from ...gpu import admission
 from ...errors import AgentkitError
 from ...model import Manifest
 from ...files import RenderedFile
@@ -263,7 +264,7 @@ def collect(manifest: Manifest, host: str, profile: str | None, state_dir: str) 
                 detail += f": {said}"
         why = (held.get(agent.name) or {}).get("why")
         if why and state != "active":  # the activator's: e.g. no room on its GPU
-            detail += f"; its last start failed: {why}"
+            detail += f"; {admission.REFUSED if why.startswith(admission.NO_ROOM) else 'its last start failed'}: {why}"
         pid = info["pid"] if info else 0
         since = info["start"] if info and state in ("active", "starting") else (info or {}).get("stop") or None
         last = (held.get(agent.name) or {}).get("last_start_s")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ... import graph, units
-from ...gpu import ledger
+from ...gpu import admission, ledger
 from ...model import Manifest
 from .. import AgentStatus, rss
 from . import install
@@ -80,7 +80,7 @@ async def collect(manifest: Manifest, host: str, profile: str | None, manager) -
             result = props.get("Result")
             refused = ledger.refusal(ledger_path, agent.name) if agent.gpu_memory and state != "active" else None
             if refused:
-                detail += f": its last start was refused: {refused}"
+                detail += f"; {admission.REFUSED}: {refused}"
             elif state == "failed" or service.sub_state == "auto-restart":
                 said = install.last_words(units.service(agent.name))  # why, in the program's own words
                 if said:
