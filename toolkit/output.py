@@ -56,7 +56,9 @@ def model_json(m: Manifest, agents: Sequence[Agent], profile: str | None) -> dic
         "name": m.name,
         "manifest": m.root,
         "profile": profile or m.default_profile,
-        "hosts": {h.name: {"address": h.address, "environment": dict(h.environment), "ports": dict(h.ports)}
+        "hosts": {h.name: {"address": h.address, "environment": dict(h.environment), "ports": dict(h.ports),
+                           **({"gpus": {str(i): "auto" if b is None else values.format_size(b) for i, b in h.gpus}}
+                              if h.gpus else {})}
                   for h in m.hosts.values()},
         "slices": {s.name: asdict(s) for s in m.slices.values()},
         "profiles": {p.name: sorted(a.name for a in graph.selected(m, p.name) if a.optional)
