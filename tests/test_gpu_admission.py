@@ -138,7 +138,8 @@ def test_validate_refuses_what_cannot_fit_with_file_and_line(tmp_path):
           vision: {port: 7004, essential: true, gpu_memory: 4G, gpu: 1}
           speech: {port: 7005, essential: true, gpu_memory: 4G, gpu: 1}
           plain: {port: 7006, gpu_evict: first}
-          core: {port: 7007, essential: true, gpu_memory: 1G, gpu_evict: last}
+          core: {port: 7007, essential: true, gpu_memory: 9G, gpu_evict: last}
+          late: {port: 7008, gpu_memory: 8G}
         """) == [
         "g.yaml:3: agents.big.gpu_memory: 20.0 GiB is more than GPU 0 of host box has (16.0 GiB, hosts.box.gpus)",
         "g.yaml:4: agents.nowhere.gpu: host box has no GPU 3 (hosts.box.gpus: 0, 1)",
@@ -147,6 +148,8 @@ def test_validate_refuses_what_cannot_fit_with_file_and_line(tmp_path):
         "at once and none is stopped for room",
         "g.yaml:7: agents.plain.gpu_evict: gpu_evict goes with gpu_memory, which this agent does not set",
         "g.yaml:8: agents.core.gpu_evict: only optional agents have gpu_evict (this agent is essential)",
+        "g.yaml:9: agents.late.gpu_memory: 8.0 GiB never fits on GPU 0 of host box: its essential agents and the "
+        "router's gpu.reserve keep 9.0 GiB of its 16.0 GiB",
     ]
 
 
@@ -164,3 +167,98 @@ def test_validate_refuses_bad_gpu_figures(tmp_path):
         "fleet.yaml:3: hosts.box.gpus: GPU 0: 'lots' is not a size systemd understands (try '512M' or '4G') (or auto)",
         "g.yaml:3: agents.a.gpu: expected an NVML GPU index from 0 to 63, got -1",
     ]
+
+
+class _Sampler:
+    """What wait_for_room reads of a Sampler: NVML's free memory, here a list the test changes."""
+
+    interval = 0.01
+    available = True
+
+    def __init__(self, free):
+        self.free = free
+
+    def due(self):
+        return 0.0
+
+    def sample(self, fresh=False):
+        free = self.free
+
+        class Sample:
+            @staticmethod
+            def free(index):
+                return free[index]
+        return Sample
+
+    def source(self):
+        return "NVML"
+
+
+def _wait(table, tenant, sampler, running, stop, deadline=1.0):
+    import asyncio
+
+    from agentkit.gpu import room
+
+    records = []
+    clock = iter(x / 100 for x in range(100_000)).__next__  # 10 ms a look: no sleeping on real time
+    result = asyncio.run(room.wait_for_room(table, tenant, sampler, deadline, running=running, stop=stop,
+                                            record=lambda kind, t, *a, **k: records.append((kind, t.name)),
+                                            clock=clock))
+    return result, records
+
+
+def test_wait_for_room_stops_no_more_while_nvml_lags_behind_a_stop():
+    from agentkit.gpu import room
+
+    table = _table(A, B, Tenant("C", 0, 4 * GiB, "normal"), total=24 * GiB)
+    up = {"A": admission.Running(A, 10 * GiB, last_used=1.0), "C": admission.Running(table.tenant("C"), 4 * GiB, last_used=2.0)}
+    sampler = _Sampler([10 * GiB])  # A and C use 14 of 24: B (10) needs 0 more... after a stop of A
+    sampler.free[0] = 6 * GiB       # something else holds 4 GiB: B needs A's room
+    stopped = []
+
+    async def running(sample):
+        return list(up.values())
+
+    async def stop(name):
+        stopped.append(name)
+        del up[name]  # gone from systemd's view at once; NVML shows its memory free only later
+        return True
+
+    with pytest.raises(room.NoRoom):
+        _wait(table, B, sampler, running, stop, deadline=1.0)
+    assert stopped == ["A"]  # not C too: A's memory had not shown up free yet
+
+
+def test_wait_for_room_stops_nobody_once_the_deadline_has_passed():
+    from agentkit.gpu import room
+
+    table = _table(A, B)
+    stopped = []
+
+    async def running(sample):
+        return [admission.Running(A, 10 * GiB)]
+
+    async def stop(name):
+        stopped.append(name)
+        return True
+
+    with pytest.raises(room.NoRoom, match="no room on GPU 0 for B"):
+        _wait(table, B, _Sampler([6 * GiB]), running, stop, deadline=0.0)
+    assert stopped == []
+
+
+def test_wait_for_room_admits_once_a_stopped_agents_memory_is_free():
+    table = _table(A, B)
+    sampler = _Sampler([6 * GiB])
+    up = [admission.Running(A, 10 * GiB)]
+
+    async def running(sample):
+        return list(up)
+
+    async def stop(name):
+        up.clear()
+        sampler.free[0] = 16 * GiB
+        return True
+
+    evicted, records = _wait(table, B, sampler, running, stop)
+    assert evicted == ["A"] and records == [("evict", "A"), ("admit", "B")]

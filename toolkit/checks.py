@@ -139,6 +139,15 @@ def _gpus(m: Manifest) -> Iterator[Issue]:
                 continue
             if agent.essential:
                 essential.setdefault(agent.gpu, []).append(agent)
+        for agent in m.on_host(host.name):  # an optional one that could never fit beside them
+            total = declared.get(agent.gpu)
+            if agent.gpu_memory is None or agent.essential or total is None or agent.gpu_memory > total:
+                continue
+            kept = sum(a.gpu_memory for a in essential.get(agent.gpu, ())) + table.reserved(agent.gpu)
+            if kept and agent.gpu_memory + kept > total:
+                yield Issue(agent.name, ("gpu_memory",), f"{gib(agent.gpu_memory)} never fits on GPU {agent.gpu} of "
+                            f"host {host.name}: its essential agents and the router's gpu.reserve keep "
+                            f"{gib(kept)} of its {gib(total)}")
         for index, agents in essential.items():
             total = declared.get(index)
             reserve = table.reserved(index)

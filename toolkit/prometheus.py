@@ -149,10 +149,8 @@ def _rules(manifest: Manifest, runbook: str) -> dict:
                   "local requests that do not fit go to the cloud."),
         ]})
     groups.append({"name": "agentkit-gpu", "rules": [
-        # A refusal's counter is born at 1: increase() alone would miss the first one.
-        alert("AgentkitGpuAdmissionRefused",
-              "increase(agentkit_gpu_refusals_total[10m]) > 0 or "
-              "(agentkit_gpu_refusals_total unless agentkit_gpu_refusals_total offset 10m)",
+        # Every GPU agent's counter is there from the status service's first scrape, at 0.
+        alert("AgentkitGpuAdmissionRefused", "increase(agentkit_gpu_refusals_total[10m]) > 0",
               "0m", "warning", "{{ $labels.agent }} on {{ $labels.host }} found no room on GPU {{ $labels.gpu }}",
               "A start of {{ $labels.agent }} on {{ $labels.host }} was refused in the last 10 minutes: its "
               "gpu_memory was not free on GPU {{ $labels.gpu }} within its start_timeout, and no idle agent "

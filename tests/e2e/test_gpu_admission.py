@@ -54,7 +54,7 @@ def _manifest(tmp_path: Path) -> Path:
         host: lab
         agents:
           A: {{port: {PORTS["A"]}, gpu_memory: 10G}}
-          B: {{port: {PORTS["B"]}, gpu_memory: 10G}}
+          B: {{port: {PORTS["B"]}, gpu_memory: 10G, activation: proxy, private_port: 17132}}  # its proxy needs it too
           C: {{port: {PORTS["C"]}, gpu_memory: 10G, gpu: 1}}
           D: {{port: {PORTS["D"]}, gpu_memory: 10G, gpu: 1}}
           E: {{port: {PORTS["E"]}, gpu_memory: 4G, gpu: 1, essential: true}}

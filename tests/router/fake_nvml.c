@@ -214,7 +214,16 @@ static nvmlReturn_t add_allocs(const char *path, struct state *st)
         if (allocs[i].index >= st->count)
             continue;
         d = &st->devices[allocs[i].index];
+        unsigned j;
         d->free_mib = allocs[i].mib > d->free_mib ? 0 : d->free_mib - allocs[i].mib;
+        /* One entry per process and device, as NVML reports them, however many allocations. */
+        for (j = 0; j < st->nprocs; j++)
+            if (st->procs[j].index == allocs[i].index && st->procs[j].pid == allocs[i].pid)
+                break;
+        if (j < st->nprocs) {
+            st->procs[j].used_mib += allocs[i].mib;
+            continue;
+        }
         if (st->nprocs == MAX_PROCESSES)
             return NVML_ERROR_UNKNOWN;
         st->procs[st->nprocs].index = allocs[i].index;

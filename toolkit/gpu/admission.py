@@ -53,10 +53,12 @@ class Plan:
     room: Room
     victims: tuple[str, ...] = ()   # stop these (in order) and it will fit
     blockers: tuple[str, ...] = field(default=())  # those that hold memory and may not be stopped, with why
+    notes: tuple[str, ...] = field(default=())     # what else keeps it from fitting
 
     def reason(self, tenant: Tenant) -> str:
         room = self.room
         held = f"; not stopped: {', '.join(self.blockers)}" if self.blockers else ""
+        held += "".join(f"; {note}" for note in self.notes)
         where = "" if room.source == "NVML" else f" ({room.source})"
         available = "unknown" if room.available is None else gib(max(0, room.available))
         return (f"{NO_ROOM} {room.index} for {tenant.name}: needs {gib(tenant.need)}, "
@@ -109,7 +111,16 @@ def plan(table: Table, tenant: Tenant, free: int | None, running: list[Running],
         # It gives back what it uses and what it was admitted for beyond that.
         short -= max(r.tenant.need, r.used) if free is not None else r.tenant.need
     if short > 0:
-        return Plan(False, where, (), tuple(blockers) or ("nothing else runs there",))
+        notes = []
+        if candidates:
+            notes.append(f"stopping {', '.join(victims)} would not be enough")
+        elif not blockers:
+            notes.append("no other agent runs there")
+        if free is not None and where.total is not None:
+            outside = where.total - free - sum(r.used for r in running if r.tenant.gpu == tenant.gpu)
+            if outside > 0:
+                notes.append(f"{gib(outside)} in use by processes that are not agents")
+        return Plan(False, where, (), tuple(blockers), tuple(notes))
     return Plan(False, where, tuple(victims), tuple(blockers))
 
 

@@ -17,13 +17,18 @@ NAME = "gpu-admissions.jsonl"
 SYSTEMD_DIR = "/run/agentkit"  # systemd: agentkit-admit (root) writes, agentkit-status reads
 
 
+def make_dir(directory: str) -> None:
+    """The directory, readable by all: the writer's UMask= (0077 in agents' units) would hide it
+    from the status service."""
+    if not os.path.isdir(directory):
+        os.makedirs(directory, exist_ok=True)
+        os.chmod(directory, 0o755)
+
+
 def append(path: str, record: dict) -> None:
     """Add one record; one write() of one line with O_APPEND, so writers never interleave."""
     line = (json.dumps({"t": round(time.time(), 6), **record}, separators=(",", ":")) + "\n").encode()
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        os.makedirs(directory, exist_ok=True)
-        os.chmod(directory, 0o755)  # the writer's UMask= (0077 in agents' units) would hide it
+    make_dir(os.path.dirname(path) or ".")
     try:
         if os.path.getsize(path) + len(line) > MAX_BYTES:
             os.replace(path, path + ".1")
@@ -39,13 +44,19 @@ def append(path: str, record: dict) -> None:
 
 
 class Follower:
-    """New records of a ledger since the last read(); from its start the first time."""
+    """New records of a ledger since the last read(): those written after the Follower was
+    made (what came before was told by an earlier reader), and all of a file that is new."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._inode = None
         self._offset = 0
         self._partial = b""
+        try:
+            stat = os.stat(path)
+            self._inode, self._offset = stat.st_ino, stat.st_size
+        except FileNotFoundError:
+            pass
 
     def read(self) -> list[dict]:
         try:

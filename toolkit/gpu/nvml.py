@@ -1,7 +1,7 @@
 """What the GPUs say, through NVIDIA's pynvml: each device's total and free memory, and each
 process's use. A Sampler asks NVML at most once per `interval` and hands out the last sample
 in between, so a burst of admissions costs one query; `fresh=True` (after a stop, waiting for
-its memory to come back) waits out the interval rather than asking sooner.
+its memory to come back) asks now, and its callers wait `due()` first.
 
 Without NVML (no GPU, no driver, no pynvml) `reason` says why and every sample is empty.
 """

@@ -1,6 +1,8 @@
 """Waiting for room: the loop both backends run to admit an agent. Each pass samples NVML (a
 fresh sample after a stop, at most once per interval), asks admission.plan, stops the victims
-it names, and tries again until the agent fits or the deadline passes. The backend says what
+it names, and tries again until the agent fits or the deadline passes. No agent is stopped
+once the deadline has passed, and none more while the memory of those just stopped may not
+yet show free (SETTLE): NVML can lag the exit of a process. The backend says what
 runs (`running`), how to stop an agent (`stop`), and where records go (`record`)."""
 
 from __future__ import annotations
@@ -12,6 +14,10 @@ from typing import Awaitable, Callable
 from . import admission
 from .nvml import Sampler
 from .table import Table, Tenant
+
+
+PAUSE = 0.02   # s at least between two passes: a stop that changed nothing cannot spin the loop
+SETTLE = 2.0   # s a stopped agent's memory may take to show free in NVML before others are stopped
 
 
 class NoRoom(Exception):
@@ -28,30 +34,31 @@ async def wait_for_room(table: Table, tenant: Tenant, sampler: Sampler, deadline
     `running(sample)`: the GPU's other tenants now; `stop(name)`: whether it was stopped."""
     began = clock()
     evicted: list[str] = []
-    fresh = stopped = False
+    settling = 0.0  # until then, memory of agents just stopped may not show in NVML yet
+    fresh = False
     while True:
-        # After a stop, NVML is asked again once the interval allows (the memory comes back as
-        # the process exits); without NVML the bookkeeping already knows, so at once.
-        if fresh and (sampler.available or not stopped):
-            await asyncio.sleep(sampler.due())
+        if fresh:
+            await asyncio.sleep(max(sampler.due(), PAUSE))
         sample = sampler.sample(fresh=fresh)
         decision = admission.plan(table, tenant, sample.free(tenant.gpu), await running(sample), sampler.source())
         waited = round(clock() - began, 6)
         if decision.fits:
             record("admit", tenant, waited, decision.room, victims=evicted)
             return evicted
-        stopped = bool(decision.victims)
+        if clock() >= deadline:  # before any stop: never stop an agent for a start that is given up
+            reason = f"{decision.reason(tenant)}; waited {waited:.1f} s (start_timeout)"
+            record("refuse", tenant, waited, decision.room, reason=reason)
+            raise NoRoom(reason)
+        fresh = True
+        if clock() < settling:
+            continue  # the last stops' memory is still coming back: no more victims meanwhile
         for victim in decision.victims:
             stopping = clock()
             if await stop(victim):
                 evicted.append(victim)
+                settling = min(deadline, clock() + SETTLE)
                 record("evict", table.tenant(victim), waited, decision.room,
                        **{"for": tenant.name, "stop_s": round(clock() - stopping, 6)})
-        if clock() >= deadline:
-            reason = f"{decision.reason(tenant)}; waited {waited:g} s (start_timeout)"
-            record("refuse", tenant, waited, decision.room, reason=reason)
-            raise NoRoom(reason)
-        fresh = True
 
 
 def record_to(path: str, log) -> Callable[..., None]:

@@ -1,8 +1,9 @@
 """agentkit-admit: GPU admission under systemd, as an optional GPU agent's ExecStartPre=+.
 
-It runs before the agent's program, with full privileges, one at a time on a host (flock of
-/run/agentkit/gpu.lock): the decision and the stops it makes are never raced by another
-admission. What runs is what systemd says of the GPU agents' units; who is busy is what their
+It runs before the agent's program, with full privileges, one at a time per GPU (flock of
+/run/agentkit/gpuN.lock): the decision and the stops it makes are never raced by another
+admission there. An admitted start is marked in /run/agentkit/gpu-admitted/ (its invocation
+ID) until its program runs, so that the next decision counts it. What runs is what systemd says of the GPU agents' units; who is busy is what their
 processes hold (open TCP connections into a port they listen on: a client, or the proxy
 forwarding one); what each uses is NVML's figure for the processes of its cgroup.
 
@@ -30,7 +31,6 @@ from . import admission, ledger, room, table as gpu_table
 from .nvml import Sampler
 
 PROG = "agentkit-admit"
-LOCK = os.path.join(ledger.SYSTEMD_DIR, "gpu.lock")
 CGROUP_ROOT = "/sys/fs/cgroup"
 LOCK_POLL = 0.02   # s between tries of the host's admission lock
 UP = ("active", "activating", "reloading", "deactivating")
@@ -68,39 +68,51 @@ async def admit(name: str, table, timeout: float, sampler: Sampler | None = None
     tenant = table.tenant(name)
     began = time.monotonic()
     deadline = began + timeout
-    if not os.path.isdir(ledger.SYSTEMD_DIR):
-        os.makedirs(ledger.SYSTEMD_DIR, exist_ok=True)
-        os.chmod(ledger.SYSTEMD_DIR, 0o755)  # our UMask= is the agent's (0077)
-    lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    reason = f"another admission on this host held the lock for {timeout:g} s"
-                    room.record_to(ledger_path, log)("refuse", tenant, round(time.monotonic() - began, 6), None,
-                                                     reason=reason)
-                    log.error(f"{name}: {reason}")
-                    return 1
-                await asyncio.sleep(LOCK_POLL)
-        sampler = sampler or Sampler()
-        systemd = Systemd()
-        try:
-            return await _admit(systemd, sampler, table, tenant, began, deadline, ledger_path)
-        finally:
-            systemd.close()
-    finally:
-        os.close(lock)  # the lock goes with it
-
-
-async def _admit(systemd, sampler, table, tenant, began, deadline, ledger_path) -> int:
     record = room.record_to(ledger_path, log)
+    systemd = Systemd()
+    try:
+        lock = await _lock(tenant.gpu, deadline)
+        if lock is None:
+            return await _refused(systemd, record, tenant, began, f"another admission on GPU {tenant.gpu} held "
+                                  f"its lock ({_lock_path(tenant.gpu)}) for all of {timeout:g} s")
+        try:
+            return await _admit(systemd, sampler or Sampler(), table, tenant, began, deadline, record)
+        except AgentkitError as exc:  # D-Bus: whatever was stopped is said in the journal already
+            return await _refused(systemd, record, tenant, began, f"admission failed: {exc}")
+        finally:
+            os.close(lock)  # the lock goes with it
+    finally:
+        systemd.close()
 
+
+def _lock_path(index: int) -> str:
+    return os.path.join(ledger.SYSTEMD_DIR, f"gpu{index}.lock")
+
+
+async def _lock(index: int, deadline: float) -> int | None:
+    """GPU `index`'s admission lock (one decision per GPU at a time, across the host's
+    agentkit-admit processes), or None if it was not free by `deadline`."""
+    ledger.make_dir(ledger.SYSTEMD_DIR)
+    lock = os.open(_lock_path(index), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(lock)
+                return None
+            await asyncio.sleep(LOCK_POLL)
+
+
+async def _admit(systemd, sampler, table, tenant, began, deadline, record) -> int:
     async def stop(victim: str) -> bool:
-        log.info(f"{victim}: stopping it to make room on GPU {tenant.gpu} for {tenant.name}")
         unit = units.service(victim)
+        busy = await _busy_now(systemd, unit)  # the plan may be seconds old: a client may have come
+        if busy:
+            log.info(f"{victim}: not stopped for {tenant.name} after all: {busy}")
+            return False
+        log.info(f"{victim}: stopping it to make room on GPU {tenant.gpu} for {tenant.name}")
         result = (await systemd.run_jobs("stop", [unit], timeout=max(1.0, deadline - time.monotonic())))[unit]
         if result != "done":
             log.warning(f"{victim}: its stop ended {result}")
@@ -110,16 +122,61 @@ async def _admit(systemd, sampler, table, tenant, began, deadline, ledger_path) 
         evicted = await room.wait_for_room(table, tenant, sampler, deadline, stop=stop, record=record,
                                            running=lambda sample: _running(systemd, table, sample, tenant))
     except room.NoRoom as exc:
-        log.error(f"{tenant.name}: {exc}")
-        await _close_waiting(systemd, tenant.name)
-        # Stopped, not failed: Restart= would start it again at once, and wait for room again.
-        # The socket listens on; the next client tries anew.
-        await systemd.queue("stop", units.service(tenant.name))
-        return 1
+        return await _refused(systemd, None, tenant, began, str(exc))
+    _claim(tenant.name)
     waited = time.monotonic() - began
     log.info(f"{tenant.name}: admitted on GPU {tenant.gpu} ({admission.gib(tenant.need)}) after "
              f"{waited * 1000:.0f} ms{' (stopped ' + ', '.join(evicted) + ')' if evicted else ''}")
     return 0
+
+
+async def _refused(systemd, record, tenant, began, reason: str) -> int:
+    """The start ends: said (journal; the ledger unless `record` is None: it is there already),
+    its waiting clients closed, its unit stopped."""
+    if record is not None:
+        record("refuse", tenant, round(time.monotonic() - began, 6), None, reason=reason)
+    log.error(f"{tenant.name}: {reason}")
+    try:
+        await _close_waiting(systemd, tenant.name)
+        # Stopped, not failed: Restart= would start it again at once, and wait for room again.
+        # The socket listens on; the next client tries anew.
+        await systemd.queue("stop", units.service(tenant.name))
+    except AgentkitError as exc:
+        log.error(f"{tenant.name}: cannot end its start over D-Bus: {exc}")
+    return 1
+
+
+def _claims_dir() -> str:
+    return os.path.join(ledger.SYSTEMD_DIR, "gpu-admitted")
+
+
+def _claim(name: str) -> None:
+    """Mark this start of `name` admitted (its unit's invocation): until its ExecStartPre= has
+    exited, systemd shows it in start-pre like one still waiting, and only this tells them apart."""
+    invocation = os.environ.get("INVOCATION_ID", "")
+    ledger.make_dir(_claims_dir())
+    partial = os.path.join(_claims_dir(), f".{name}.{os.getpid()}")
+    with open(partial, "w", encoding="ascii") as handle:
+        handle.write(invocation)
+    os.replace(partial, os.path.join(_claims_dir(), name))
+
+
+def _admitted(name: str, invocation) -> bool:
+    try:
+        with open(os.path.join(_claims_dir(), name), encoding="ascii") as handle:
+            said = handle.read().strip()
+    except OSError:
+        return False
+    invocation = invocation.hex() if isinstance(invocation, (bytes, bytearray)) else str(invocation or "")
+    return bool(said) and said == invocation
+
+
+async def _busy_now(systemd, unit: str) -> str:
+    states = await systemd.states([unit])
+    if unit not in states or states[unit].active_state != "active":
+        return ""
+    count = _inbound(_pids((await systemd.properties(states[unit])).get("ControlGroup") or ""))
+    return f"{count} open connection{'s' if count != 1 else ''}" if count else ""
 
 
 async def _running(systemd, table, sample, tenant) -> list[admission.Running]:
@@ -132,6 +189,8 @@ async def _running(systemd, table, sample, tenant) -> list[admission.Running]:
         if state is None or state.active_state not in UP:
             continue
         props = await systemd.properties(state)
+        if state.sub_state == "start-pre" and not _admitted(name, props.get("InvocationID")):
+            continue  # it waits for admission itself: nothing of its is on the GPU, nor promised
         pids = _pids(props.get("ControlGroup") or "")
         busy = ""
         if state.active_state != "active":
@@ -149,8 +208,10 @@ async def _running(systemd, table, sample, tenant) -> list[admission.Running]:
 
 async def _needed_by(systemd, props) -> str:
     """'needed by X' when an up agentkit unit wants or requires this one, else ''."""
+    name = props.get("Id", "")[len(units.PREFIX):-len(".service")]
+    own = (units.proxy(name), units.live(name))  # its own proxy and liveness probe need it, not an agent
     wanted = [u for u in list(props.get("RequiredBy") or ()) + list(props.get("WantedBy") or ())
-              if u.startswith(units.PREFIX) and u.endswith(".service")]
+              if u.startswith(units.PREFIX) and u.endswith(".service") and u not in own]
     if not wanted:
         return ""
     states = await systemd.states(wanted)

@@ -35,6 +35,12 @@ class GpuView:
         self.evictions: collections.Counter = collections.Counter()   # (gpu, victim)
         self.waits: dict[int, list] = {}                              # gpu -> [buckets..., count, sum]
         self.rooms: list[admission.Room] = []
+        for tenant in table.tenants if table is not None else ():  # every series from the first scrape
+            self.admissions[(tenant.gpu, tenant.name)] = self.refusals[(tenant.gpu, tenant.name)] = 0
+            if tenant.evictable:
+                self.evictions[(tenant.gpu, tenant.name)] = 0
+        for index, _ in table.gpus if table is not None else ():
+            self.waits[index] = [0] * len(WAIT_BUCKETS) + [0, 0.0]
 
     # -- per agent, per GPU: at each sample
 
@@ -56,7 +62,8 @@ class GpuView:
         running = []
         for tenant in self.table.tenants:
             row = board.rows.get(tenant.name)
-            if row is not None and row.seen.state in RUNNING:
+            # Under systemd, start-pre is an agent that waits for admission: nothing of its yet.
+            if row is not None and row.seen.state in RUNNING and row.seen.sub_state != "start-pre":
                 running.append(admission.Running(tenant, row.gpu_memory or 0))
         self.rooms = [admission.room(self.table, index, sample.free(index), running, self.sampler.source())
                       for index, _ in self.table.gpus]
@@ -98,7 +105,7 @@ class GpuView:
             board.publish(event)
 
     def _wait(self, index: int, seconds: float) -> None:
-        counts = self.waits.setdefault(index, [0] * len(WAIT_BUCKETS) + [0, 0.0])
+        counts = self.waits.setdefault(index, [0] * len(WAIT_BUCKETS) + [0, 0.0])  # a GPU not in the table
         for i, bound in enumerate(WAIT_BUCKETS):
             if seconds <= bound:
                 counts[i] += 1

@@ -16,9 +16,10 @@ from ..sdnotify import Notifier, until_stopped
 from ..gpu import ledger, table as gpu_table
 from .board import Board
 from .gpu import GpuView
+from .web import make_app
+
 
 FOLLOW_INTERVAL = 0.2  # s between looks at the admission ledger (an fstat when nothing changed)
-from .web import make_app
 
 
 def _listen(ctx, param, values) -> list[tuple[str, int]]:

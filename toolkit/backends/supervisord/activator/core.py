@@ -162,7 +162,8 @@ class Activator:
                     self._ready(agent)  # up and ready: e.g. started for another dependant just now
                     return
                 self.changed(agent)
-                if self.admission is not None and self.admission.wants(agent):
+                if (self.admission is not None and self.admission.wants(agent)
+                        and info["statename"] in DOWN_STATES):  # up already: its memory is NVML's to count
                     # As under systemd (ExecStartPre=, then ExecStart=), the wait for room and
                     # the start have a start_timeout each.
                     await self.admission.admit(agent, began + agent.spec.start_timeout)
@@ -345,19 +346,22 @@ class Activator:
     async def stop_now(self, agent, why):
         """Stop an idle agent at once (GPU admission makes room); whether it was stopped. A
         connection that came meanwhile keeps it up."""
-        agent.ready = False  # new connections go through ensure(), which waits for the stop
+        if agent.lock.locked():
+            return False  # it starts or stops right now (and may wait for this very admission)
+        was_ready, agent.ready = agent.ready, False  # new connections go through ensure(), which waits
         async with agent.lock:
-            if agent.conns or not agent.active:
-                agent.ready = agent.active
-                return not agent.active
+            if agent.conns:
+                agent.ready = was_ready
+                return False
             began = time.monotonic()
             try:
                 await self.rpc.call("stopProcess", agent.spec.program, True)
             except Exception as exc:  # noqa: BLE001 - xmlrpc.client.Fault, SupervisorUnreachable
+                agent.active = agent.active and fault_code(exc) != NOT_RUNNING
+                agent.ready = was_ready and agent.active
                 if fault_code(exc) != NOT_RUNNING:
-                    agent.ready = True
                     log.warning(f"{agent.name}: stop {why} failed: {getattr(exc, 'faultString', None) or exc}")
-                    return False
+                return False  # nothing was stopped: it did not run, or it still does
             agent.active = False
             self.changed(agent)
             log.info(f"{agent.name}: stopped {why}, in {(time.monotonic() - began) * 1000:.0f} ms")

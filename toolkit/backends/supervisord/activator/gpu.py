@@ -46,15 +46,24 @@ class Admission:
         tenant = self.table.tenant(agent.name)
         loop = asyncio.get_running_loop()
         began = loop.time()
-        async with self.locks[tenant.gpu]:
-            try:
-                evicted = await room.wait_for_room(
-                    self.table, tenant, self.sampler, deadline, clock=loop.time, record=self.record,
-                    running=lambda sample: self.running(sample, tenant.gpu, exclude=agent.name),
-                    stop=lambda name: self.evict(name, agent.name))
-            except room.NoRoom as exc:
-                raise StartFailed(str(exc)) from None
+        lock = self.locks[tenant.gpu]
+        try:
+            await asyncio.wait_for(lock.acquire(), max(0.0, deadline - began))
+        except asyncio.TimeoutError:
+            reason = (f"another admission on GPU {tenant.gpu} took all of {agent.name}'s start_timeout "
+                      f"({deadline - began:g} s)")
+            self.record("refuse", tenant, round(loop.time() - began, 6), None, reason=reason)
+            raise StartFailed(reason) from None
+        try:
+            evicted = await room.wait_for_room(
+                self.table, tenant, self.sampler, deadline, clock=loop.time, record=self.record,
+                running=lambda sample: self.running(sample, tenant.gpu, agent),
+                stop=lambda name: self.evict(name, agent.name))
             self.claimed.add(agent.name)
+        except room.NoRoom as exc:
+            raise StartFailed(str(exc)) from None
+        finally:
+            lock.release()
         if evicted or loop.time() - began >= 0.001:
             log.info(f"{agent.name}: admitted on GPU {tenant.gpu} after {(loop.time() - began) * 1000:.0f} ms"
                      f"{' (stopped ' + ', '.join(evicted) + ')' if evicted else ''}")
@@ -71,7 +80,7 @@ class Admission:
         log.info(f"{name}: stopping it to make room on its GPU for {for_whom}")
         return await self.activator.stop_now(victim, f"to make room on its GPU for {for_whom}")
 
-    async def running(self, sample, index, exclude):
+    async def running(self, sample, index, admitted):
         """The tenants of GPU `index` that are up or coming up, as admission.Running."""
         try:
             infos = await self.activator.rpc.call("getAllProcessInfo")
@@ -81,8 +90,9 @@ class Admission:
         for info in infos:
             by_name.setdefault(info["name"], info)
         out = []
+        needed = {dep.name for dep in admitted.deps}  # it is about to start, and them with it
         for tenant in self.table.tenants:
-            if tenant.gpu != index or tenant.name == exclude:
+            if tenant.gpu != index or tenant.name == admitted.name:
                 continue
             info = by_name.get(tenant.name)
             up = info is not None and info["statename"] in UP_STATES
@@ -90,7 +100,8 @@ class Admission:
             if not up and tenant.name not in self.claimed:
                 continue
             used = sample.used_by(index, _tree(info["pid"])) if up and info.get("pid") else 0
-            out.append(admission.Running(tenant, used, _busy(agent, tenant.name in self.claimed),
+            busy = f"needed by {admitted.name}" if tenant.name in needed else _busy(agent, tenant.name in self.claimed)
+            out.append(admission.Running(tenant, used, busy,
                                          agent.last if agent is not None else 0.0))
         return out
 
