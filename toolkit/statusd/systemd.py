@@ -92,9 +92,8 @@ class SystemdSource:
             if unit.endswith(".service"):
                 found[unit[len(units.PREFIX):-len(".service")]] = (unit, None)
             elif unit.endswith(".socket"):
-                props = await manager.properties_at(unit, await manager.unit_path(unit))
                 name = unit[len(units.PREFIX):-len(".socket")]
-                if units.service(name) not in props.get("Triggers", ()) and name.endswith("-proxy"):
+                if name.endswith("-proxy") and await self._is_proxy_of(unit, name[:-len("-proxy")]):
                     name = name[:-len("-proxy")]  # agentkit-X-proxy.socket starts X's proxy, and so X
                 found[name] = (units.service(name), unit)
         paths, unit_paths = {}, {}
@@ -112,6 +111,17 @@ class SystemdSource:
             await self.refresh(name)
         log.info("watching %d agents (%d essential) of %s", len(found),
                  sum(1 for s in found.values() if s[1] is None), units.TARGET)
+
+    async def _is_proxy_of(self, socket: str, name: str) -> bool:
+        """Whether `socket` starts agent `name`'s proxy (BindsTo= its service), not an agent
+        that is itself called NAME-proxy: by names alone the two look the same."""
+        manager = self.manager
+        props = await manager.properties_at(socket, await manager.unit_path(socket))
+        for triggered in props.get("Triggers", ()):
+            bound = await manager.properties_at(triggered, await manager.unit_path(triggered))
+            if units.service(name) in bound.get("BindsTo", ()):
+                return True
+        return False
 
     def _changed(self, path: str) -> None:
         name = self.paths.get(path)

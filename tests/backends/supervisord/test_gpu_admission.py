@@ -34,14 +34,14 @@ START_TIMEOUT = 3  # s: how long a start waits for room before it fails
 def gpulab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gpulab")
     gpu = FakeGpu(tmp / "nvml" / "state", build_fake_nvml(tmp / "nvml"))
-    gpu.set(("GPU0", 16384, 16384), ("GPU1", 16384, 16384))
-    status, a, b, c, d, e, offset_base = free_ports(7)
+    gpu.set(("GPU0", 16384, 16384), ("GPU1", 16384, 16384), ("GPU2", 16384, 16384))
+    status, a, b, c, d, e, p, q, offset_base = free_ports(9)
     root = tmp / "agents"
     root.mkdir()
     (root / "fleet.yaml").write_text(textwrap.dedent(f"""\
         name: gpulab
         hosts:
-          lab: {{address: 127.0.0.1, status: {{port: {status}}}, gpus: {{0: 16G, 1: 16G}}}}
+          lab: {{address: 127.0.0.1, status: {{port: {status}}}, gpus: {{0: 16G, 1: 16G, 2: 16G}}}}
         private_port_offset: {offset_base - a}
         defaults:
           command: [agentkit-agent, --gpu-allocate]
@@ -58,6 +58,8 @@ def gpulab(tmp_path_factory):
           C: {{port: {c}, gpu_memory: 10G, gpu: 1}}
           D: {{port: {d}, gpu_memory: 10G, gpu: 1}}
           E: {{port: {e}, gpu_memory: 4G, gpu: 1, essential: true}}
+          P: {{port: {p}, gpu_memory: 10G, gpu: 2}}
+          Q: {{port: {q}, gpu_memory: 10G, gpu: 2}}
         """))
     state = tmp / "state"
     env = {**os.environ, **gpu.environ()}
@@ -70,7 +72,7 @@ def gpulab(tmp_path_factory):
 
     agentkit("up", "--backend", "supervisord", "--host", "lab", "--state-dir", str(state))
     lab = {"gpu": gpu, "status": status, "state": state, "agentkit": agentkit,
-           "ports": {"A": a, "B": b, "C": c, "D": d, "E": e}}
+           "ports": {"A": a, "B": b, "C": c, "D": d, "E": e, "P": p, "Q": q}}
     try:
         wait_for(lambda: _health(status).get("status") == "ok", "/health to say ok", timeout=30)
         yield lab
@@ -244,4 +246,17 @@ def test_an_essential_agent_and_other_gpus_are_never_stopped_for_room(lab_figure
     assert metric(page, "agentkit_gpu_evictions_total", host="lab", gpu="1", victim="E") is None
     assert metric(page, "agentkit_gpu_evictions_total", host="lab", gpu="0", victim="B") == 1  # from the first test
     assert _held(lab, 1) == 4096 + 10240
+    assert lab["gpu"].out_of_memory() == []
+
+
+
+def test_two_agents_woken_at_once_on_one_gpu_never_share_its_memory(gpulab):
+    """P and Q (GPU 2, 10 of 16 GiB each) both dormant, a first connection to each at the same
+    moment: one is admitted; the other waits while it starts and serves, then has it stopped.
+    Both answer, and no allocation fails."""
+    lab = gpulab
+    answered, failed = at_once(lambda name=iter(("P", "Q")): _ask(lab, next(name), timeout=30), 2)
+    assert not failed and len(answered) == 2, failed
+    assert _decided(lab, "evict", "P") + _decided(lab, "evict", "Q") == 1
+    assert _decided(lab, "admit", "P") == _decided(lab, "admit", "Q") == 1
     assert lab["gpu"].out_of_memory() == []
