@@ -6,6 +6,7 @@ its gpu_memory through the stand-in CUDA runtime at start-up (--gpu-allocate). T
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import textwrap
@@ -20,6 +21,7 @@ from agentkit.client import zmq_request
 
 from . import test_fleet
 from .test_fleet import install
+from .test_status_page import browser_missing, chromium
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from router.nvml import STATE_VARIABLE, FakeGpu, build_fake_nvml  # noqa: E402
@@ -227,3 +229,35 @@ def test_a_burst_makes_one_admission_and_essential_and_other_gpus_are_kept_on_sy
     assert metric(page, "agentkit_gpu_evictions_total", gpu="0", victim="A") == 0
     assert metric(page, "agentkit_gpu_admissions_total", gpu="0", agent="B") == 1
     assert container.gpu.out_of_memory() == []
+
+
+@pytest.mark.skipif(bool(browser_missing()) and not os.environ.get("CI"),
+                    reason=f"status page in a browser: {browser_missing()}")
+def test_the_status_page_shows_the_gpus_and_a_refused_start(gpulab, tmp_path, monkeypatch):
+    assert not browser_missing(), browser_missing()  # under CI a missing browser fails
+    _ask("A")
+    held = socket.create_connection(("127.0.0.1", PORTS["A"]), timeout=5)  # A busy: B's start is refused
+    try:
+        with chromium(tmp_path, monkeypatch) as driver:
+            driver.get(f"http://127.0.0.1:{STATUS}/")
+            wait_for(lambda: driver.execute_script('return document.getElementById("gpus").textContent')
+                     .startswith("GPU 0: 6.0 GiB available of 16.0 GiB, GPU 1: 12.0 GiB available"),
+                     "the page's GPU line", timeout=30)
+            with socket.create_connection(("127.0.0.1", PORTS["B"]), timeout=START_TIMEOUT + 20) as client:
+                client.sendall(b"\x00")
+                try:
+                    client.recv(1)
+                except ConnectionResetError:
+                    pass
+
+            def b_row():
+                return driver.execute_script(
+                    'const tr = document.querySelector(\'#agents tr[data-agent="B"]\');'
+                    'return tr ? tr.children[8].textContent : "";')
+            # Live, from the gpu-refuse event: no reload.
+            wait_for(lambda: "no room on GPU 0 for B" in b_row(), "the refusal on B's row", timeout=30)
+            log = driver.execute_script(
+                'return [...document.querySelectorAll("#events > div")].map(d => d.textContent);')
+            assert any("B  gpu-refuse  no room on GPU 0 for B" in line for line in log), log
+    finally:
+        held.close()

@@ -17,6 +17,7 @@ e2e tests' containers, which share the host's network namespace too.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -122,6 +123,13 @@ def browser(lab, tmp_path, monkeypatch):
     """Headless chromium under chromedriver, both Debian's; quit at teardown, failed test or not.
 
     Requests `lab` so that it is torn down before the container is."""
+    with chromium(tmp_path, monkeypatch) as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def chromium(tmp_path, monkeypatch):
+    """A headless chromium under chromedriver (Debian's), never one Selenium Manager would fetch."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common import driver_finder

@@ -39,7 +39,8 @@ async def wait_for_room(table: Table, tenant: Tenant, sampler: Sampler, deadline
     while True:
         if fresh:
             await asyncio.sleep(max(sampler.due(), PAUSE))
-        sample = sampler.sample(fresh=fresh)
+        # NVML's calls block (about a millisecond): off the event loop, which may be forwarding.
+        sample = await asyncio.to_thread(sampler.sample, fresh)
         decision = admission.plan(table, tenant, sample.free(tenant.gpu), await running(sample), sampler.source())
         waited = round(clock() - began, 6)
         if decision.fits:

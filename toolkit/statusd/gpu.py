@@ -98,7 +98,8 @@ class GpuView:
                     row.why = ""
             extra = {k: record[k] for k in ("gpu", "need", "waited_s", "victims", "for", "stop_s", "reason", "available",
                                             "claimed") if record.get(k) is not None}
-            event = {"time": record.get("t"), "host": board.host, "agent": name, "kind": kind, **extra}
+            event = {"time": record.get("t"), "host": board.host, "agent": name, "kind": kind,
+                     "detail": _said(kind, record), **extra}
             if row is not None:
                 event["state"] = row.seen.state
             board.version += 1
@@ -117,3 +118,14 @@ class GpuView:
 def _room_json(room) -> dict:
     return {"index": room.index, "total": room.total, "free": room.free, "claimed": room.claimed,
             "reserve": room.reserve, "available": room.available, "source": room.source}
+
+
+def _said(kind: str, record: dict) -> str:
+    """An admission event in a few words, for the page's event log."""
+    where = f"GPU {record.get('gpu', 0)}"
+    if kind == "gpu-admit":
+        stopped = record.get("victims") or []
+        return f"admitted on {where}" + (f", stopped {', '.join(stopped)}" if stopped else "")
+    if kind == "gpu-evict":
+        return f"stopped to make room on {where} for {record.get('for')}"
+    return str(record.get("reason") or f"refused on {where}")
