@@ -105,14 +105,23 @@ def first_answers(rounds: int, tmp: Path) -> dict:
     if up.returncode != 0:
         raise RuntimeError(f"agentkit up failed:\n{up.stdout}\n{up.stderr}")
     free, evicting, stops = [], [], []
+    ledger = state / "gpu-admissions.jsonl"
+
+    def evictions():
+        lines = ledger.read_text().splitlines() if ledger.exists() else []
+        return [r for r in map(json.loads, lines) if r["kind"] == "evict"]
     try:
         for _ in range(rounds):
-            wait(lambda: all(states(state)[n] != "RUNNING" for n in PORTS), "A and B dormant (idle_stop 1 s)")
+            # supervisord says STARTING for a program's first second (startsecs), then RUNNING.
+            wait(lambda: all(states(state)[n] in ("STOPPED", "EXITED") for n in PORTS),
+                 "A and B dormant (idle_stop 1 s)")
             free.append(request(PORTS["A"]))
+            before = len(evictions())
             evicting.append(request(PORTS["B"]))  # A is idle: stopped for B
-        ledger = state / "gpu-admissions.jsonl"
-        records = [json.loads(line) for line in ledger.read_text().splitlines()]
-        stops = [r["stop_s"] for r in records if r["kind"] == "evict"]
+            made = evictions()[before:]
+            if len(made) != 1:
+                raise RuntimeError(f"B's start made {len(made)} evictions, not 1: {made}")
+            stops.append(made[0]["stop_s"])
     finally:
         subprocess.run([AGENTKIT, "-m", str(root), "down", "--backend", "supervisord", "--state-dir", str(state),
                         "--timeout", "30"], capture_output=True, timeout=120, env=env)
@@ -120,7 +129,7 @@ def first_answers(rounds: int, tmp: Path) -> dict:
     over = [a - s for a, s in zip(added, stops)]
     return {"room_free": stats(free), "with_eviction": stats(evicting), "victim_stop": stats(stops),
             "added": stats(added), "added_less_stop": stats(over), "oom": len(gpu.out_of_memory()),
-            "target_met": max(over) <= 0.1 if len(over) == len(added) else False}
+            "target_met": max(over) <= 0.1}
 
 
 DECIDE = r'''
