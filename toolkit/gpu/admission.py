@@ -126,3 +126,14 @@ def plan(table: Table, tenant: Tenant, free: int | None, running: list[Running],
 
 def gib(amount: int) -> str:
     return f"{amount / (1 << 30):.1f} GiB"
+
+
+def open_connections(count: int) -> str:
+    """Why an agent is busy, when clients are connected to it; '' when none are."""
+    return f"{count} open connection{'s' if count != 1 else ''}" if count else ""
+
+
+def admitted(tenant: Tenant, seconds: float, evicted: list[str]) -> str:
+    """The log line of an admission, the same under both backends."""
+    stopped = f" (stopped {', '.join(evicted)})" if evicted else ""
+    return f"{tenant.name}: admitted on GPU {tenant.gpu} ({gib(tenant.need)}) after {seconds * 1000:.0f} ms{stopped}"

@@ -124,9 +124,7 @@ async def _admit(systemd, sampler, table, tenant, began, deadline, record) -> in
     except room.NoRoom as exc:
         return await _refused(systemd, None, tenant, began, str(exc))
     _claim(tenant.name)
-    waited = time.monotonic() - began
-    log.info(f"{tenant.name}: admitted on GPU {tenant.gpu} ({admission.gib(tenant.need)}) after "
-             f"{waited * 1000:.0f} ms{' (stopped ' + ', '.join(evicted) + ')' if evicted else ''}")
+    log.info(admission.admitted(tenant, time.monotonic() - began, evicted))
     return 0
 
 
@@ -175,8 +173,7 @@ async def _busy_now(systemd, unit: str) -> str:
     states = await systemd.states([unit])
     if unit not in states or states[unit].active_state != "active":
         return ""
-    count = _inbound(_pids((await systemd.properties(states[unit])).get("ControlGroup") or ""))
-    return f"{count} open connection{'s' if count != 1 else ''}" if count else ""
+    return admission.open_connections(_inbound(_pids((await systemd.properties(states[unit])).get("ControlGroup") or "")))
 
 
 async def _running(systemd, table, sample, tenant) -> list[admission.Running]:
@@ -196,11 +193,7 @@ async def _running(systemd, table, sample, tenant) -> list[admission.Running]:
         if state.active_state != "active":
             busy = "starting" if state.active_state in ("activating", "reloading") else "stopping"
         else:
-            open_ = _inbound(pids)
-            if open_:
-                busy = f"{open_} open connection{'s' if open_ != 1 else ''}"
-            else:
-                busy = await _needed_by(systemd, props)
+            busy = admission.open_connections(_inbound(pids)) or await _needed_by(systemd, props)
         out.append(admission.Running(table.tenant(name), sample.used_by(tenant.gpu, pids), busy,
                                      float(props.get("ActiveEnterTimestampMonotonic") or 0)))
     return out

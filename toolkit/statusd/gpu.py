@@ -65,11 +65,12 @@ class GpuView:
             # Under systemd, start-pre is an agent that waits for admission: nothing of its yet.
             if row is not None and row.seen.state in RUNNING and row.seen.sub_state != "start-pre":
                 running.append(admission.Running(tenant, row.gpu_memory or 0))
-        self.rooms = [admission.room(self.table, index, sample.free(index), running, self.sampler.source())
-                      for index, _ in self.table.gpus]
-        # NVML's total where the manifest says auto
-        self.rooms = [replace(r, total=sample.devices[r.index][0]) if r.total is None and r.index in sample.devices
-                      else r for r in self.rooms]
+        self.rooms = []
+        for index, _ in self.table.gpus:
+            where = admission.room(self.table, index, sample.free(index), running, self.sampler.source())
+            if where.total is None and index in sample.devices:  # the manifest says auto: NVML's total
+                where = replace(where, total=sample.devices[index][0])
+            self.rooms.append(where)
         board.gpus = [_room_json(room) for room in self.rooms]
 
     # -- what admission decided: whenever the ledger grows
@@ -92,10 +93,10 @@ class GpuView:
             else:
                 self.evictions[(index, name)] += 1
             row = board.rows.get(name)
-            if row is not None:
-                row.why = record.get("reason") or "" if kind == "gpu-refuse" else row.why
-                if kind == "gpu-admit":
-                    row.why = ""
+            if row is not None and kind == "gpu-refuse":
+                row.why = record.get("reason") or ""
+            elif row is not None and kind == "gpu-admit":
+                row.why = ""
             extra = {k: record[k] for k in ("gpu", "need", "waited_s", "victims", "for", "stop_s", "reason", "available",
                                             "claimed") if record.get(k) is not None}
             event = {"time": record.get("t"), "host": board.host, "agent": name, "kind": kind,

@@ -60,12 +60,8 @@ class AgentCollector:
             restarts.add_metric([host, name], seen.restarts)
             limits.add_metric([host, name], row.start_limit_hits)
             if not row.essential:  # an essential agent starts at boot, never on a first connection
-                buckets, running = [], 0
-                for bound, count in zip(COLD_START_BUCKETS, row.cold_buckets):
-                    running += count
-                    buckets.append((repr(bound), running))
-                buckets.append(("+Inf", row.cold_count))
-                cold.add_metric([host, name], buckets, row.cold_sum)
+                cold.add_metric([host, name], _cumulative(COLD_START_BUCKETS, row.cold_buckets, row.cold_count),
+                                row.cold_sum)
             if seen.last_start_s is not None:
                 last.add_metric([host, name], seen.last_start_s)
         events = CounterMetricFamily("agentkit_status_events", "Events published on /events, by kind",
@@ -76,6 +72,15 @@ class AgentCollector:
                                       "/events clients let go because they fell behind", labels=["host"])
         dropped.add_metric([host], board.dropped_clients)
         yield from (info, state, since, starts, restarts, limits, cold, last, events, dropped)
+
+
+def _cumulative(bounds, counts, total) -> list[tuple[str, int]]:
+    """A histogram's buckets as Prometheus has them, from counts per bucket (each bound's own)."""
+    buckets, running = [], 0
+    for bound, count in zip(bounds, counts):
+        running += count
+        buckets.append((repr(bound), running))
+    return buckets + [("+Inf", total)]
 
 
 class LiveCollector:
@@ -153,12 +158,7 @@ def admission_metrics(board: Board, view):
     waits = HistogramMetricFamily("agentkit_gpu_admission_wait_seconds",
                                   "How long an admission waited for room (evictions included)", labels=["host", "gpu"])
     for index, counts in sorted(view.waits.items()):
-        buckets, running = [], 0
-        for bound, count in zip(WAIT_BUCKETS, counts):
-            running += count
-            buckets.append((repr(bound), running))
-        buckets.append(("+Inf", counts[-2]))
-        waits.add_metric([host, str(index)], buckets, counts[-1])
+        waits.add_metric([host, str(index)], _cumulative(WAIT_BUCKETS, counts, counts[-2]), counts[-1])
     yield from (*families.values(), nvml, admitted, refused, evicted, waits)
 
 

@@ -22,8 +22,6 @@ from . import PROG
 from .agent import StartFailed
 from .rpc import UP_STATES
 
-STOP_WAIT = 0.05   # s between looks while a stopped agent's memory comes back
-
 log = logging.getLogger(PROG)
 
 
@@ -31,7 +29,6 @@ class Admission:
     def __init__(self, activator, table, ledger_path, sampler=None):
         self.activator = activator
         self.table = table
-        self.ledger = ledger_path
         self.sampler = sampler or Sampler()
         self.locks = {index: asyncio.Lock() for index, _ in table.gpus}  # one decision per GPU at a time
         self.claimed = set()  # admitted, not yet started or failed: held as their whole need
@@ -65,8 +62,7 @@ class Admission:
         finally:
             lock.release()
         if evicted or loop.time() - began >= 0.001:
-            log.info(f"{agent.name}: admitted on GPU {tenant.gpu} after {(loop.time() - began) * 1000:.0f} ms"
-                     f"{' (stopped ' + ', '.join(evicted) + ')' if evicted else ''}")
+            log.info(admission.admitted(tenant, loop.time() - began, evicted))
 
     def release(self, agent):
         """Its start is over (ready or failed): from here NVML sees what it uses."""
@@ -116,7 +112,7 @@ def _busy(agent, claimed):
     if agent.stop_task is not None:
         return "stopping"
     if agent.conns:
-        return f"{agent.conns} open connection{'s' if agent.conns != 1 else ''}"
+        return admission.open_connections(agent.conns)
     needed = [d.name for d in agent.dependants if d.active]
     if needed:
         return f"needed by {', '.join(needed)}"
