@@ -1,12 +1,16 @@
 """Benchmark: the router's decision, one core, at least 10^6 decisions.
 
-Two paths, each over the labelled routing set (tests/data/routing/), cycled:
+The decision is the reference fleet's: agents/fleet.yaml's router section (the
+original's rule table, three local tiers, the peer pc2, two cloud models), built
+as `agentkit-router eval` builds it, through the router's own command line. The
+tasks and the world's states are those of its labelled set,
+tests/data/routing/reference.jsonl, cycled. Two paths:
 
 - `decide`: policy.decide(config, task, view), the pure function;
 - `select_backend`: Router.select_backend(task), what a request pays: it also
-  reads the GPU sampler's snapshot (a real GpuSampler; with no NVML here it
-  answers "unknown") and records the decision in the Prometheus counters and
-  the decision-latency histogram.
+  reads the GPU sampler's snapshot for the backends on this host's GPUs (a real
+  GpuSampler; with no NVML here it answers "unknown") and records the decision
+  in the Prometheus counters and the decision-latency histogram.
 
 Latency: every call timed on its own with perf_counter_ns (the timer's own
 cost, measured on an empty pair of reads in the same run, is reported beside
@@ -30,13 +34,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "router"))
+from agentkit.router import evaluate, policy
+from agentkit.router.gpu import GpuSampler
+from agentkit.router.server import Router, Settings
 
-from agentkit.router import policy  # noqa: E402
-from agentkit.router.gpu import GpuSampler  # noqa: E402
-from agentkit.router.server import Router, Settings  # noqa: E402
-from test_policy import CASES, load_config, task_of, view_of  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
+MANIFEST = REPO / "agents"
+LABELS = REPO / "tests" / "data" / "routing" / "reference.jsonl"
 
 
 def percentile(sorted_ns: list[int], q: float) -> float:
@@ -76,17 +80,19 @@ def main() -> int:
     except OSError:
         pass
 
-    config = load_config()
-    pairs = [(task_of(c["task"]), view_of(c["state"])) for c in CASES]
-    # select_backend reads the router's own view; one Router per labelled state.
+    config, endpoints, _ = evaluate.router_of(str(MANIFEST))
+    cases = evaluate.read_cases(str(LABELS), config)
+    pairs = [(c.task, c.view) for c in cases]
+    # select_backend reads the router's own view (and writes NVML's figures into it): one Router per labelled
+    # state, each with views of its own. The settings as agentkit-router's main() builds them, less the key.
     gpu = GpuSampler()  # the router's default timing
     gpu.start()
-    settings = Settings(policy=config, local_url="http://127.0.0.1:1/v1", cloud_url="http://127.0.0.1:2/v1")
+    settings = Settings(policy=config, endpoints=endpoints)
     routers = []
-    for task, view in pairs:
+    for case in evaluate.read_cases(str(LABELS), config):
         router = Router(settings, gpu)
-        router.view = view
-        routers.append((router, task))
+        router.view = case.view
+        routers.append((router, case.task))
 
     def noop(a, b):
         return None
@@ -116,11 +122,13 @@ def main() -> int:
     hot = results["select_backend"]
     results["targets"] = {"p99_under_20us": hot["p99_us"] < 20.0, "over_200k_per_second": hot["per_second"] > 200_000}
     results["nvml"] = gpu.reason
+    results["cases"] = len(cases)
 
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
-    print(f"decisions on one core, {n:,} each, over the {len(CASES)} labelled cases (NVML: {gpu.reason or 'yes'})")
+    print(f"decisions on one core, {n:,} each, over the {len(cases)} labelled cases of {LABELS.relative_to(REPO)} "
+          f"with the router of {MANIFEST.relative_to(REPO)} (NVML: {gpu.reason or 'yes'})")
     print(f"timer pair alone: p50 {results['timer']['p50_us']:.3f} us, p99 {results['timer']['p99_us']:.3f} us")
     print(f"{'path':<16}{'p50 us':>9}{'p99 us':>9}{'p99.9 us':>10}{'max us':>10}{'per second':>14}{'x no-op':>9}")
     for name in ("noop", "decide", "select_backend"):

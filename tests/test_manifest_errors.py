@@ -1147,10 +1147,12 @@ def test_a_router_section_loads_with_its_defaults(workdir):
 
 @pytest.mark.parametrize("section, expected", [
     ("router: {host: gamma}\n", [
-        "agents/fleet.yaml:4: router.cloud: missing model: the cloud model",
+        "agents/fleet.yaml:4: router.cloud: give the cloud model (model: NAME) or its tiers (models: [{name: ..., "
+        "above: ...}]), one of the two",
         "agents/fleet.yaml:4: router.cloud: missing url: the cloud backend's OpenAI base URL",
         "agents/fleet.yaml:4: router.host: unknown host 'gamma' (hosts: alpha, beta)",
-        "agents/fleet.yaml:4: router.local: missing model: the local model",
+        "agents/fleet.yaml:4: router.local: give the local model (model: NAME) or its tiers (models: [{name: ..., "
+        "above: ...}]), one of the two",
         "agents/fleet.yaml:4: router.local: missing url: the local backend's OpenAI base URL"]),
     (ROUTER + "  treshold: 0.5\n", ["agents/fleet.yaml:8: router.treshold: unknown key (did you mean 'threshold'?)"]),
     (ROUTER + "  threshold: 2\n", ["agents/fleet.yaml:8: router.threshold: expected a number from 0 to 1, got 2"]),
@@ -1170,6 +1172,34 @@ def test_a_router_section_loads_with_its_defaults(workdir):
      ["agents/fleet.yaml:7: router.cloud.api_key_file: expected an absolute path without spaces, got 'key.txt'"]),
     (ROUTER + "  local_url: x\n", ["agents/fleet.yaml:8: router.local_url: unknown key (did you mean 'local'?)"]),
     ("router: [1]\n", ["agents/fleet.yaml:4: router: expected the router's settings (a mapping), got a list"]),
+    (ROUTER + "  rules: {'code(': 0.9}\n",
+     ["agents/fleet.yaml:8: router.rules.code(: 'code(' is not a regular expression: missing ), unterminated "
+      "subpattern at position 4"]),
+    (ROUTER + "  rules: {chat: 1.5}\n",
+     ["agents/fleet.yaml:8: router.rules.chat: expected a complexity score from 0 to 1, or a backend (local, cloud "
+      "or a peer's name), got 1.5"]),
+    (ROUTER + "  rules: {translation: gpu}\n",
+     ["agents/fleet.yaml:8: router.rules.translation: no backend 'gpu' (backends: local, cloud)"]),
+    (ROUTER + "  unknown: lots\n",
+     ["agents/fleet.yaml:8: router.unknown: no backend 'lots' (backends: local, cloud)"]),
+    (ROUTER.replace("model: small-8b}", "models: [{name: a, above: 2}, {name: b, kv_cache_per_token: x}]}"),
+     ["agents/fleet.yaml:6: router.local.models[0]: above: expected a number from 0 to 1, got 2",
+      "agents/fleet.yaml:6: router.local.models[1]: kv_cache_per_token: 'x' is not a size systemd understands "
+      "(try '512M' or '4G')"]),
+    (ROUTER + "  peers:\n    pc2: {url: 'http://127.0.0.1:9/v1', host: delta, model: m, speed: 3}\n    local: {url: x}\n",
+     ["agents/fleet.yaml:9: router.peers.pc2.speed: unknown key (known: url, max_inflight, load, gpu, capacity, host, "
+      "model, models)",
+      "agents/fleet.yaml:10: router.peers.local: give its model (model: NAME) or its tiers (models: [{name: ..., "
+      "above: ...}]), one of the two",
+      "agents/fleet.yaml:10: router.peers.local.url: expected an http:// or https:// URL such as "
+      "http://127.0.0.1:8080/v1, got 'x'"]),
+    (ROUTER + "  peers:\n    local: {url: 'http://127.0.0.1:9/v1', model: m}\n",
+     ["agents/fleet.yaml:9: router.peers.local: 'local' is the router's own backend (router.local): name the peer "
+      "otherwise"]),
+    (ROUTER + "  peers:\n    pc2: {url: 'http://127.0.0.1:9/v1', host: delta, model: m}\n",
+     ["agents/fleet.yaml:9: router.peers.pc2.host: unknown host 'delta' (hosts: alpha, beta)"]),
+    (ROUTER.replace("model: small-8b}", "models: [a]}") + "  small: {model: s}\n",
+     ["agents/fleet.yaml:8: router.small.model: with local.models, list the small model as a tier there"]),
 ])
 def test_router_section_problems(workdir, section, expected):
     assert problems_in(write_manifest(workdir, fleet=fleet(section))) == expected

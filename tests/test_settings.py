@@ -29,7 +29,7 @@ def test_the_readme_holds_each_settings_table_as_the_table_makes_it(name):
 
 def test_router_only_options_are_not_manifest_keys(tmp_path):
     only_router = [k for k, s in ROUTER_SETTINGS.items() if not s.manifest]
-    assert "attempt_timeout" in only_router and all(k not in MANIFEST_SETTINGS for k in only_router)
+    assert "connect_timeout" in only_router and all(k not in MANIFEST_SETTINGS for k in only_router)
     root = tmp_path / "agents"
     root.mkdir()
     (root / "fleet.yaml").write_text(textwrap.dedent("""\
@@ -38,11 +38,11 @@ def test_router_only_options_are_not_manifest_keys(tmp_path):
           host: h
           local: {url: "http://127.0.0.1:8080/v1", model: small}
           cloud: {url: "https://cloud.invalid/v1", model: big}
-          attempt_timeout: 5s
+          connect_timeout: 5s
         """))
     with pytest.raises(ManifestError) as caught:
         manifest.load(str(root))
-    assert [p.path for p in caught.value.problems] == ["router.attempt_timeout"]
+    assert [p.path for p in caught.value.problems] == ["router.connect_timeout"]
 
 
 def test_every_fleet_setting_reaches_the_model(tmp_path):

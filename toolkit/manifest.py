@@ -24,6 +24,7 @@ from .errors import AgentkitError, ManifestError, Problem, did_you_mean
 from .env import PORT_WORD
 from .model import (Agent, Host, HostAddress, Location, Manifest, Profile, Readiness, Restart, RouterSpec,
                     Slice)
+from .router import config as router_config
 from .router.settings import MANIFEST_SETTINGS, REQUIRED
 from .settings import (AGENT_SETTINGS, BUILTIN_SLICES, FLEET_SETTINGS, GROUP_SETTINGS, HOST_SETTINGS,
                        OPTIONAL_ONLY, PROFILE_SETTINGS, RESTART_SETTINGS, SLICE_SETTINGS, STATUS_SETTINGS)
@@ -305,15 +306,52 @@ def _read_router(check: _Checker, doc: Document, fleet: dict, hosts: dict[str, H
             if key in flat:
                 check.add(doc, flat[key][1], "set small.model too, or leave the small model out")
                 ok = False
+    elif "local.models" in settings:
+        check.add(doc, flat["small.model"][1], "with local.models, list the small model as a tier there")
+        ok = False
+    for section in ("local", "cloud"):
+        if (f"{section}.model" in flat) == (f"{section}.models" in flat):
+            check.add(doc, ("router", section), f"give the {section} model (model: NAME) or its tiers "
+                                                 "(models: [{name: ..., above: ...}]), one of the two")
+            ok = False
     host = settings.get("host")
     if host is not None and host not in hosts:
         check.add(doc, ("router", "host"), f"unknown host {host!r} (hosts: {', '.join(hosts)})")
         ok = False
+    ok = _router_backends(check, doc, settings, hosts) and ok
     if not ok:
         return None
     return RouterSpec(host=settings.pop("host"), port=settings.pop("port"), bind=settings.pop("bind"),
                       api_key_file=settings.pop("cloud.api_key_file", None), memory_max=settings.pop("memory_max"),
                       settings=tuple(settings.items()), where=Location(doc.file, doc.line(("router",))))
+
+
+def _router_backends(check: _Checker, doc: Document, settings: dict, hosts: dict[str, Host]) -> bool:
+    """The peers' hosts (NVML is read for a peer on the router's own host), and the backends rules name."""
+    ok = True
+    peers = []
+    for peer, where in settings.get("peers") or ():
+        path = ("router", "peers", peer.name)
+        if peer.name == router_config.LOCAL:
+            check.add(doc, path, "'local' is the router's own backend (router.local): name the peer otherwise")
+            ok = False
+        if where is not None and where not in hosts:
+            check.add(doc, path + ("host",), f"unknown host {where!r} (hosts: {', '.join(hosts)})")
+            ok = False
+        on_router_host = where is None or where == settings.get("host")
+        peers.append(replace(peer, gpu=(peer.gpu or 0) if on_router_host else None))
+    if "peers" in settings:
+        settings["peers"] = tuple(peers)
+    names = (router_config.LOCAL, router_config.CLOUD) + tuple(p.name for p in peers)
+    for rule in settings.get("rules", ()):
+        if rule.backend is not None and rule.backend not in names:
+            check.add(doc, ("router", "rules", rule.pattern), f"no backend {rule.backend!r} (backends: {', '.join(names)})")
+            ok = False
+    unknown = settings.get("unknown")
+    if isinstance(unknown, str) and unknown not in names + (router_config.ESTIMATE,):
+        check.add(doc, ("router", "unknown"), f"no backend {unknown!r} (backends: {', '.join(names)})")
+        ok = False
+    return ok
 
 
 def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:

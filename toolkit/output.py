@@ -10,7 +10,7 @@ from typing import Sequence
 from . import graph, values
 from .gpu.admission import REFUSED
 from .model import Agent, Manifest
-from .router.settings import router_flag_value
+from .router.settings import ROUTER_SETTINGS, router_flag_value
 
 
 def table(rows: Sequence[Sequence[str]], *, last_free: bool = False) -> str:
@@ -76,7 +76,10 @@ def _router_json(router) -> dict | None:
     data = {"host": router.host, "port": router.port, "bind": router.bind, "api_key_file": router.api_key_file,
             "memory_max": values.format_size(router.memory_max), "where": str(router.where)}
     for key, value in router.settings:
-        text = router_flag_value(key, value)  # sizes and spans as written in the manifest
+        if ROUTER_SETTINGS[key].multiple:  # the rules, tiers and peers, field by field (sizes in bytes)
+            data[key] = [asdict(item) for item in value]
+            continue
+        text = router_flag_value(key, value)[0]  # sizes and spans as written in the manifest
         data[key] = text if text != str(value) else value
     return data
 

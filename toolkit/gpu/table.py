@@ -94,10 +94,13 @@ def for_host(manifest, host: str, agents=None) -> Table | None:
 
 
 def router_reserve(manifest, host: str) -> tuple[tuple[int, int], ...]:
-    """What the router keeps free for its local model on `host` (router.gpu.reserve on
-    router.gpu.device), when the router runs there."""
+    """What the router keeps free for its local models on `host` (router.gpu.reserve on
+    router.gpu.device and on each peer's GPU there), when the router runs there."""
     router = manifest.router
     if router is None or router.host != host:
         return ()
     settings = dict(router.settings)
-    return ((settings.get("gpu.device", 0), settings.get("gpu.reserve", 0)),)
+    reserve = settings.get("gpu.reserve", 0)
+    # Its own backend's GPU, and those of the peers on this host (a peer elsewhere has no GPU here).
+    devices = {settings.get("gpu.device", 0)} | {p.gpu for p in settings.get("peers") or () if p.gpu is not None}
+    return tuple((device, reserve) for device in sorted(devices))

@@ -39,22 +39,71 @@ class RequestError(ValueError):
 def parse_body(raw: bytes) -> dict:
     if not raw:
         raise RequestError("the request has no body: send a JSON object")
+    long_numbers: list[_LongNumber] = []
+
+    def whole(text: str) -> int | _LongNumber:
+        # Python refuses to convert more than 4,300 digits (ValueError from inside json.loads,
+        # which used to escape as a 500); no field of the API needs more than MAX_NUMBER_DIGITS.
+        if len(text) > MAX_NUMBER_DIGITS:
+            number = _LongNumber(len(text.lstrip("-")))
+            long_numbers.append(number)
+            return number
+        return int(text)
+
     try:
-        body = json.loads(raw.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"), parse_int=whole)
     except UnicodeDecodeError:
         raise RequestError("the request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise RequestError(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise RequestError("the request body is nested too deeply") from None
+    except ValueError as exc:  # nothing else json.loads raises escapes as a 500 either
+        raise RequestError(f"the request body cannot be read: {str(exc):.200}") from None
     if not isinstance(body, dict):
         raise RequestError(f"the request body must be a JSON object, got {_kind(body)}")
+    if long_numbers:
+        where = _where(body, long_numbers[0])  # None: a key given twice, the long number overridden
+        raise RequestError(f"{where or 'a value of the request body'} is a number of {long_numbers[0].digits} "
+                           f"digits; the router reads numbers of at most {MAX_NUMBER_DIGITS} digits", where)
     return body
+
+
+MAX_NUMBER_DIGITS = 100  # a 256-bit number has 78
+
+
+class _LongNumber:
+    """Where json.loads met a whole number of too many digits (parse_body says which field)."""
+
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _where(body: dict, target: _LongNumber) -> str | None:
+    """The field holding `target` as the errors name fields (messages[0].content), without recursion."""
+    stack: list[tuple[str, Any]] = [(_key("", k), v) for k, v in reversed(body.items())]
+    while stack:  # each value once
+        where, value = stack.pop()
+        if value is target:
+            return where
+        if isinstance(value, dict):
+            stack.extend((_key(where, k), v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None
+
+
+def _key(where: str, key: str) -> str:
+    key = key if len(key) <= 60 else key[:59] + "…"
+    path = f"{where}.{key}" if where else key
+    return path if len(path) <= 200 else "…" + path[-199:]
 
 
 def _kind(value: Any) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+            int: "a number", float: "a number", _LongNumber: "a number"}.get(type(value), type(value).__name__)
 
 
 def task_of(body: dict, kind: str, headers: Mapping[str, str]) -> Task:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from dataclasses import replace
 from typing import Any, Callable
 
 import click
@@ -14,9 +15,13 @@ from aiohttp import web
 
 from .. import logs, parsers, units
 from ..sdnotify import Notifier, until_stopped
+from . import guard
 from .gpu import GpuSampler
-from .policy import LocalModel, PolicyConfig
-from .server import Router, Settings, make_app, read_key
+from . import policy
+from .config import CLOUD, LOCAL, Model
+from .policy import PolicyConfig
+from .key import read_key
+from .server import Endpoint, Router, Settings, make_app
 from ..values import seconds
 from .settings import REQUIRED, ROUTER_OPTIONS, RouterSetting, router_flag_value
 
@@ -25,13 +30,15 @@ _METAVARS = {parsers.size: "SIZE", parsers.span: "SPAN", parsers.fraction: "NUMB
 
 
 class SettingType(click.ParamType):
-    """A router setting's text through the table's parser (the manifest loader's); numbers as YAML gives them."""
+    """A router setting's text through the table's parser (the manifest loader's); numbers as YAML gives them.
+    A repeated option's text through its own text form (config.py)."""
 
     def __init__(self, setting: RouterSetting) -> None:
-        self.parse = setting.parse
+        self.parse = setting.from_text or setting.parse
+        self.text = setting.from_text is not None
         kind = getattr(setting.parse, "__qualname__", "").split(".")[0]
-        self.name = _METAVARS.get(setting.parse) or {"whole": "INTEGER", "choice": "LEVEL", "_listen": "HOST:PORT",
-                                                       "_file": "FILE"}.get(kind, "TEXT")
+        self.name = "TEXT" if self.text else _METAVARS.get(setting.parse) or {
+            "whole": "INTEGER", "choice": "LEVEL", "_listen": "HOST:PORT", "_file": "FILE"}.get(kind, "TEXT")
 
     def convert(self, value, param, ctx):
         if not isinstance(value, str):
@@ -40,7 +47,7 @@ class SettingType(click.ParamType):
             return self.parse(value)
         except ValueError as exc:
             error = exc
-        number = _number(value)
+        number = None if self.text else _number(value)
         if number is not None:
             try:
                 return self.parse(number)
@@ -63,39 +70,101 @@ def _param(flag: str) -> str:
 
 
 def router_options(command: Callable) -> Callable:
-    """One click option per ROUTER_OPTIONS row, in the table's order."""
+    """One click option per ROUTER_OPTIONS row, in the table's order (a repeated one for the collections)."""
     for key, setting in reversed(ROUTER_OPTIONS.items()):
         required = setting.default is REQUIRED
-        default = None if required or setting.default is None else router_flag_value(key, setting.default)
+        if setting.multiple:
+            default = None if setting.default is None else router_flag_value(key, setting.default)
+        else:
+            default = None if required or setting.default is None else router_flag_value(key, setting.default)[0]
         command = click.option(setting.flag, _param(setting.flag), type=SettingType(setting), required=required,
-                               default=default, help=setting.help)(command)
+                               default=default, multiple=setting.multiple, help=setting.help,
+                               show_default=not setting.multiple)(command)
     return command
+
+
+def options_of(opts: dict) -> dict[str, Any]:
+    """click's parameters -> {setting key: value}; a repeated option's items as a tuple (None when not given)."""
+    out = {}
+    for key, setting in ROUTER_OPTIONS.items():
+        value = opts[_param(setting.flag)]
+        out[key] = (tuple(value) or None) if setting.multiple else value
+    return out
+
+
+def policy_of(o: dict[str, Any]) -> tuple[PolicyConfig, tuple[Endpoint, ...]]:
+    """The decision's configuration and the backends' addresses from the router's options."""
+    window, kv = o["local.context_window"], o["local.kv_cache_per_token"]
+
+    def local_tier(m: Model) -> Model:
+        return replace(m, context_window=m.context_window or window, kv_bytes_per_token=m.kv_bytes_per_token or kv)
+
+    if o["local.models"]:
+        models = [local_tier(m) for m in o["local.models"]]
+    elif o["local.model"]:
+        models = [Model(o["local.model"], 0.0, window, kv)]
+        if o["small.model"]:
+            models.append(Model(o["small.model"], 0.0, o["small.context_window"] or window,
+                                o["small.kv_cache_per_token"] or max(1, kv // 2)))
+    else:
+        raise click.UsageError("give the local model: --local-model NAME, or its tiers, --local-tier 'NAME above=...'")
+    if o["cloud.models"]:
+        cloud_models = list(o["cloud.models"])
+    elif o["cloud.model"]:
+        cloud_models = [Model(o["cloud.model"])]
+    else:
+        raise click.UsageError("give the cloud model: --cloud-model NAME, or its tiers, --cloud-tier 'NAME above=...'")
+    capacity = o["gpu.capacity"]
+    locals_ = [policy.backend(LOCAL, models, max_inflight=o["local.max_inflight"], capacity=capacity)]
+    endpoints = [Endpoint(LOCAL, o["local.url"], o["gpu.device"], o["local.load"])]
+    for peer in o["peers"] or ():
+        if peer.name in (LOCAL, CLOUD) or peer.name in (e.name for e in endpoints):
+            raise click.UsageError(f"--peer {peer.name}: a backend of that name is given already")
+        locals_.append(policy.backend(peer.name, [local_tier(m) for m in peer.models], max_inflight=peer.max_inflight,
+                                      capacity=peer.capacity or capacity))
+        endpoints.append(Endpoint(peer.name, peer.url, peer.gpu, peer.load))
+    endpoints.append(Endpoint(CLOUD, o["cloud.url"], None, "none"))
+    try:
+        config = PolicyConfig(locals=tuple(locals_), cloud=policy.backend(CLOUD, cloud_models),
+                              rules=o["rules"] or (), unknown=o["unknown"], threshold=o["threshold"],
+                              gpu_reserve=o["gpu.reserve"])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    names = set(config.index) | {LOCAL}
+    for rule in config.rules:
+        if rule.backend is not None and rule.backend not in names:
+            raise click.UsageError(f"--rule {rule.pattern}={rule.backend}: no such backend ({', '.join(sorted(names))})")
+    return config, tuple(endpoints)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @router_options
 def main(**opts) -> None:
-    """The GPU-aware LLM router: OpenAI-compatible, local or cloud per request."""
-    o: dict[str, Any] = {key: opts[_param(setting.flag)] for key, setting in ROUTER_OPTIONS.items()}
+    """The GPU-aware LLM router: OpenAI-compatible, local or cloud per request.
+
+    `agentkit-router eval FILE [--manifest DIR]` runs a labelled set of tasks through the decision instead."""
+    o = options_of(opts)
     logs.setup(units.ROUTER_PROGRAM, level=o["log_level"])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     host, port = o["listen"]
-    local = LocalModel(o["local.model"], o["local.context_window"], o["local.kv_cache_per_token"])
-    small = None
-    if o["small.model"]:
-        small = LocalModel(o["small.model"], o["small.context_window"] or local.context_window,
-                           o["small.kv_cache_per_token"] or max(1, local.kv_bytes_per_token // 2))
+    config, endpoints = policy_of(o)
     try:
         key = read_key(o["cloud.key_file"])
+    except FileNotFoundError as exc:
+        # As under systemd (SetCredential='s empty default): the router runs, the cloud gets no key, and
+        # the log and /health say so; the file can come later (a restart reads it).
+        logging.getLogger(units.ROUTER_PROGRAM).warning(
+            "the cloud API key file %s does not exist: starting without a cloud key", exc.filename)
+        key = None
     except OSError as exc:
         raise click.ClickException(f"cannot read the cloud API key: {exc.strerror}: {exc.filename}") from None
     settings = Settings(
-        policy=PolicyConfig(local=local, cloud_model=o["cloud.model"], small=small, threshold=o["threshold"],
-                            max_inflight=o["local.max_inflight"], gpu_reserve=o["gpu.reserve"],
-                            gpu_capacity=o["gpu.capacity"]),
-        local_url=o["local.url"], cloud_url=o["cloud.url"], cloud_api_key=key, gpu_device=o["gpu.device"],
+        policy=config, endpoints=endpoints, cloud_api_key=key,
         timeout=seconds(o["timeout"]), attempt_timeout=seconds(o["attempt_timeout"]),
-        connect_timeout=seconds(o["connect_timeout"]), max_request_bytes=o["max_request_size"],
+        first_byte_timeout=seconds(o["first_byte_timeout"]),
+        hedge_after=None if o["hedge_after"] is None else seconds(o["hedge_after"]),
+        connect_timeout=seconds(o["connect_timeout"]), header_timeout=seconds(o["header_timeout"]),
+        max_request_bytes=o["max_request_size"],
         breaker_failures=o["breaker.failures"], breaker_open_for=seconds(o["breaker.open_for"]),
         probe_interval=seconds(o["probe_interval"]),
     )
@@ -105,6 +174,15 @@ def main(**opts) -> None:
         uvloop = None
     runner = uvloop.run if uvloop is not None else asyncio.run
     sys.exit(runner(serve(settings, host, port, seconds(o["gpu.interval"]), seconds(o["gpu.stale_after"]))))
+
+
+def run() -> None:
+    """The console script: `eval` runs the labelled-set tool, anything else the router."""
+    if len(sys.argv) > 1 and sys.argv[1] == "eval":
+        from .evaluate import command
+        command(sys.argv[2:], prog_name=f"{units.ROUTER_PROGRAM} eval")
+    else:
+        main()
 
 
 async def serve(settings: Settings, host: str, port: int, gpu_interval: float, gpu_stale_after: float) -> int:
@@ -117,20 +195,26 @@ async def serve(settings: Settings, host: str, port: int, gpu_interval: float, g
         log.info("NVML: free GPU memory sampled every %g s (%s)", gpu_interval, names)
     else:
         log.warning("%s; deciding with the configured local capacity of %d MiB", gpu.reason,
-                    settings.policy.gpu_capacity >> 20)
+                    settings.policy.locals[0].capacity >> 20)
     router = Router(settings, gpu)
-    runner = web.AppRunner(make_app(router), access_log=None, handle_signals=False)
+    # Protecting the server from its clients (guard.py): descriptors, idle and slow connections, log floods.
+    before, nofile = guard.raise_nofile_limit()
+    log.info("open files: at most %d (the soft limit was %d)", nofile, before)
+    guard.install_log_filter()
+    runner = web.AppRunner(make_app(router), access_log=None, handle_signals=False,
+                           **guard.server_kwargs(settings.header_timeout))
     await runner.setup()
     notifier = Notifier(os.environ)
     try:
-        site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+        site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", host, port, os.strerror(exc.errno) if exc.errno else exc)
             return 1
-        log.info("listening on http://%s:%d (local %s %s, cloud %s %s, cloud key %s)", host, port,
-                 settings.local_url, settings.policy.local.name, settings.cloud_url, settings.policy.cloud_model,
+        log.info("listening on http://%s:%d (%s; cloud key %s)", host, port,
+                 "; ".join(f"{e.name} {e.url} {', '.join(m.name for m in b.models)}"
+                           for e, b in zip(settings.endpoints, settings.policy.locals + (settings.policy.cloud,))),
                  "set" if settings.cloud_api_key else "none")
         notifier.send("READY=1", f"STATUS=listening on {host}:{port}")
         await until_stopped(notifier)
@@ -143,4 +227,4 @@ async def serve(settings: Settings, host: str, port: int, gpu_interval: float, g
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -4,13 +4,22 @@ One aiohttp application on one event loop: it serves the OpenAI-compatible
 endpoints and forwards to the chosen backend through one pooled
 aiohttp.ClientSession (keep-alive), streaming passed through chunk by chunk.
 
-Failover: a failed attempt (connection refused or reset, timeout, 5xx, 429)
-counts against that backend's circuit breaker and the request moves to the
-other backend at once if the rules allow it there; when every backend has
+Failover: a failed attempt (connection refused or reset, no first byte in
+time, 5xx, 429) counts against that backend's circuit breaker and the request
+moves at once to the next backend the rules allow (another local backend,
+then the cloud, or from the cloud to a local one); when every backend has
 failed it, the router backs off (exponential, full jitter, Retry-After
-honoured) and tries again, all within the request's deadline. Nothing is
-retried once a byte has gone to the client: a stream that breaks midway is
-cut, so the client sees it.
+honoured) and tries again, all within the request's deadline. With
+`hedge_after`, an attempt that has no first byte by then gets a second one on
+the next backend, and the first to answer wins. Nothing is retried once a
+byte has gone to the client: a stream that breaks midway is cut, so the
+client sees it.
+
+Health costs no tokens: GET /models probes a backend whose circuit is open,
+one with an attempt waiting long for its first byte (when those probes fail
+too, its circuit opens and the waiting attempts fail over at once), and every
+backend when traffic is quiet; a peer's own load signal
+(llama.cpp's /slots, a /metrics page) is polled to know when it is full.
 
 The cloud key is read once from a file (LoadCredential= under systemd) into
 memory and only ever put in the Authorization header of cloud requests.
@@ -21,40 +30,53 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
 from .. import units
 from . import inbound, policy
-from .breaker import Breaker
+from .breaker import OPEN, Breaker
+from .config import CLOUD
 from .gpu import GpuSampler
 from .metrics import CONTENT_TYPE, Metrics
-from .policy import CLOUD, LOCAL, Decision, PolicyConfig, Task, View
+from .policy import Decision, PolicyConfig, Task, View
 from ..values import seconds
 from .settings import default
 
 log = logging.getLogger(units.ROUTER_PROGRAM)
 
-CREDENTIAL = "cloud-api-key"  # the name under $CREDENTIALS_DIRECTORY (LoadCredential=)
 RETRYABLE_STATUS = (429, 500, 502, 503, 504)
+# Load signals: a slot busy in llama.cpp's /slots; requests queued in llama.cpp's or vLLM's /metrics.
+QUEUED_METRICS = ("llamacpp:requests_deferred", "vllm:num_requests_waiting")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a backend is: its name (as in the decision), its OpenAI base URL, and how to see its load."""
+
+    name: str
+    url: str
+    gpu: int | None = None  # its GPU's NVML index on this host; None: not on this host (or not known)
+    load: str = "none"  # its own load signal: none, slots or metrics
 
 
 @dataclass(frozen=True)
 class Settings:
     policy: PolicyConfig
-    local_url: str  # base URL, e.g. http://127.0.0.1:8080/v1
-    cloud_url: str
+    endpoints: tuple[Endpoint, ...]  # in the decision's order (policy.index): the local ones, then the cloud
     cloud_api_key: str | None = None
     # The defaults of agentkit-router's options, in seconds where the table says microseconds.
-    gpu_device: int = default("gpu.device")
     timeout: float = seconds(default("timeout"))  # a request's deadline to its first byte, retries included
-    attempt_timeout: float = seconds(default("attempt_timeout"))  # one backend's time to answer (or start streaming)
+    attempt_timeout: float = seconds(default("attempt_timeout"))  # one backend's time to answer (not streamed)
+    first_byte_timeout: float = seconds(default("first_byte_timeout"))  # one backend's time to a stream's first byte
+    hedge_after: float | None = None  # no first byte by then: a second attempt on the next backend
     connect_timeout: float = seconds(default("connect_timeout"))
+    header_timeout: float = seconds(default("header_timeout"))  # a client's time to send its head, and its body
     stream_idle_timeout: float = 60.0
     max_request_bytes: int = default("max_request_size")
     breaker_failures: int = default("breaker.failures")
@@ -64,29 +86,79 @@ class Settings:
     backoff_max: float = 2.0
 
     def __repr__(self) -> str:  # never print the key
-        return f"Settings(local_url={self.local_url!r}, cloud_url={self.cloud_url!r}, policy={self.policy!r})"
+        return f"Settings(endpoints={self.endpoints!r}, policy={self.policy!r})"
+
+
+@dataclass
+class Load:
+    """What a backend's own load signal said last."""
+
+    busy: int | None = None  # slots busy (slots)
+    slots: int | None = None
+    queued: int | None = None  # requests waiting (metrics)
+    error: str | None = None
+    at: float | None = None  # time.monotonic() of the last reading
+
+
+class Opened:
+    """An attempt that has its first byte: a non-streamed answer whole, or a stream's first chunk."""
+
+    __slots__ = ("decision", "resp", "data", "chunks", "first", "release")
+
+    def __init__(self, decision: Decision, resp, data=None, chunks=None, first=b"", release=None):
+        self.decision, self.resp, self.data, self.chunks, self.first, self.release = (
+            decision, resp, data, chunks, first, release)
+
+    def close(self, done: bool = False) -> None:
+        """The attempt is over: read to its end (`done`: its connection goes back to the pool), or given up
+        (a hedge lost, a stream cut: its connection closes). Its in-flight count goes either way."""
+        if self.chunks is not None:
+            self.resp.release() if done else self.resp.close()
+        if self.release is not None:
+            self.release()
+            self.release = None
+
+
+class Failed:
+    __slots__ = ("backend", "cause", "error", "wait")
+
+    def __init__(self, backend: str, cause: str, error: str, wait: float = 0.0):
+        self.backend, self.cause, self.error, self.wait = backend, cause, error, wait
 
 
 class Router:
     def __init__(self, settings: Settings, gpu: GpuSampler) -> None:
         self.settings = settings
-        self.config = settings.policy
+        self.config = config = settings.policy
         self.gpu = gpu
-        self.view = View()
-        self._cloud_inflight = 0  # the local count lives in the decision's view
-        self.urls = {LOCAL: settings.local_url.rstrip("/"), CLOUD: settings.cloud_url.rstrip("/")}
+        self.view = View.of(config)
+        self.names = tuple(config.index)
+        if tuple(e.name for e in settings.endpoints) != self.names:
+            raise ValueError(f"endpoints {[e.name for e in settings.endpoints]} do not match the backends {self.names}")
+        self.endpoints = {e.name: e for e in settings.endpoints}
+        self.urls = {e.name: e.url.rstrip("/") for e in settings.endpoints}
+        self.backends = {b.name: b for b in config.locals + (config.cloud,)}
         self.breakers = {name: Breaker(name, failures=settings.breaker_failures, open_for=settings.breaker_open_for,
-                                       on_change=self._breaker_changed) for name in policy.BACKENDS}
+                                       on_change=self._breaker_changed) for name in self.names}
+        self.loads = {e.name: Load() for e in settings.endpoints if e.load != "none"}
+        # (view index, NVML device) of the backends on this host's GPUs, read at each decision
+        self._nvml = tuple((config.index[e.name], e.gpu) for e in settings.endpoints if e.gpu is not None)
         self.metrics = Metrics(self)
         self.session: aiohttp.ClientSession | None = None
-        self._probe_task: asyncio.Task | None = None
-        self._headers = {LOCAL: {"Content-Type": "application/json"}, CLOUD: {"Content-Type": "application/json"}}
+        self._tasks: list[asyncio.Task] = []
+        self._headers = {name: {"Content-Type": "application/json"} for name in self.names}
         if settings.cloud_api_key:
             self._headers[CLOUD]["Authorization"] = "Bearer " + settings.cloud_api_key
-        self._last_traffic = {LOCAL: 0.0, CLOUD: 0.0}
+        self._last_traffic = {name: 0.0 for name in self.names}
+        # Attempts waiting for their first byte, per backend: token -> [since, task, abandoned]. A backend
+        # with one waiting long gets probed; when its circuit opens, they are given up and fail over.
+        self._waiting: dict[str, dict[object, list]] = {name: {} for name in self.names}
 
     def inflight(self, backend: str) -> int:
-        return self.view.local_inflight if backend == LOCAL else self._cloud_inflight
+        return self.view.inflight[self.config.index[backend]]
+
+    def is_cloud(self, backend: str) -> bool:
+        return backend == CLOUD
 
     # --- the decision ---------------------------------------------------------
 
@@ -94,20 +166,36 @@ class Router:
         """The decision for `task` now: reads the GPU snapshot and the breakers, never waits."""
         started = time.perf_counter()
         view = view or self.view
-        view.gpu_free = self.gpu.free_bytes(self.settings.gpu_device, time.monotonic())
+        if self._nvml:
+            now = time.monotonic()
+            free = view.gpu_free
+            for index, device in self._nvml:
+                free[index] = self.gpu.free_bytes(device, now)
         decision = policy.decide(self.config, task, view)
         self.metrics.decision_seconds.observe(time.perf_counter() - started)
         self.metrics.decisions[decision.backend, decision.reason].inc()
         return decision
 
+    def _decide(self, task: Task, failed: set[str]) -> Decision:
+        """The same rules, with the backends that failed this request counted as down."""
+        if not failed:
+            return self.select_backend(task)
+        view = self.view.copy()
+        for name in failed:
+            view.up[self.config.index[name]] = False
+        return self.select_backend(task, view)
+
     def _breaker_changed(self, breaker: Breaker) -> None:
-        up = breaker.state != "open"
-        if breaker.name == LOCAL:
-            self.view.local_up = up
-        else:
-            self.view.cloud_up = up
+        self.view.up[self.config.index[breaker.name]] = breaker.state != OPEN
+        if breaker.state == OPEN:
+            # A backend found hung (its probes fail too) answers none of the attempts waiting on it:
+            # they fail over now rather than at their timeout.
+            for entry in self._waiting[breaker.name].values():
+                if not entry[2]:
+                    entry[2] = True
+                    entry[1].cancel()
         log.warning("backend %s (%s): circuit %s%s", breaker.name, self.urls[breaker.name], breaker.state,
-                    f" after: {breaker.last_error}" if breaker.state == "open" else "")
+                    f" for {breaker.open_for:g} s after: {breaker.last_error}" if breaker.state == OPEN else "")
 
     # --- lifecycle --------------------------------------------------------------
 
@@ -117,13 +205,17 @@ class Router:
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                              cookie_jar=aiohttp.DummyCookieJar(),
                                              timeout=aiohttp.ClientTimeout(total=None))
-        self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._probe_loop())]
+        if self.loads:
+            self._tasks.append(loop.create_task(self._load_loop()))
 
     async def stop(self, app: web.Application) -> None:
-        if self._probe_task is not None:
-            self._probe_task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._probe_task
+                await task
             except asyncio.CancelledError:
                 pass
         if self.session is not None:
@@ -133,22 +225,33 @@ class Router:
         """Cheap probes (GET /models): every interval while a circuit is open, every ten when traffic is quiet."""
         interval = self.settings.probe_interval
         idle_every = interval * 10
+        stalled_after = interval * 2  # an attempt without a first byte this long: is the backend still there?
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            due = []
             for name, breaker in self.breakers.items():
-                if breaker.up and breaker.state == "closed" and now - self._last_traffic[name] < idle_every:
+                if (breaker.up and breaker.state == "closed" and now - self._last_traffic[name] < idle_every
+                        and not self._stalled(name, now - stalled_after)):
                     continue
                 self._last_traffic[name] = now
-                await self._probe(name)
+                due.append(self._probe(name))
+            if due:
+                await asyncio.gather(*due)  # one hung backend must not hold the others' probes
+
+    def _stalled(self, name: str, since: float) -> bool:
+        """Whether an attempt has been waiting on `name` for its first byte since before `since`."""
+        return any(entry[0] < since for entry in self._waiting[name].values())
+
+    def _probe_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=min(2.0, self.settings.probe_interval * 4),
+                                     connect=self.settings.connect_timeout)
 
     async def _probe(self, name: str) -> None:
         breaker = self.breakers[name]
-        timeout = aiohttp.ClientTimeout(total=min(2.0, self.settings.probe_interval * 4),
-                                        connect=self.settings.connect_timeout)
         try:
             async with self.session.get(self.urls[name] + "/models", headers=self._headers[name],
-                                        timeout=timeout) as resp:
+                                        timeout=self._probe_timeout()) as resp:
                 await resp.read()
                 if resp.status >= 500 or resp.status == 429:
                     self._failed(name, "http_5xx" if resp.status >= 500 else "http_429", f"probe: HTTP {resp.status}")
@@ -159,6 +262,44 @@ class Router:
         if breaker.state != "closed":
             log.warning("backend %s: probe answered", name)
         breaker.success()
+
+    async def _load_loop(self) -> None:
+        """The peers' own load signals, every probe interval (a reading costs the backend no tokens)."""
+        while True:
+            await asyncio.gather(*(self._read_load(name) for name in self.loads))
+            await asyncio.sleep(self.settings.probe_interval)
+
+    async def _read_load(self, name: str) -> None:
+        endpoint = self.endpoints[name]
+        load = self.loads[name]
+        origin = self.urls[name].removesuffix("/v1")
+        path = "/slots" if endpoint.load == "slots" else "/metrics"
+        full = False
+        try:
+            async with self.session.get(origin + path, timeout=self._probe_timeout()) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise ValueError(f"HTTP {resp.status} from {origin}{path}")
+            if endpoint.load == "slots":
+                slots = json.loads(text)
+                if not isinstance(slots, list):
+                    raise ValueError(f"{origin}{path} is not a list of slots")
+                busy = sum(1 for s in slots if isinstance(s, dict) and (s.get("is_processing") or s.get("state", 0)))
+                load.busy, load.slots = busy, len(slots)
+                full = bool(slots) and busy >= len(slots)
+            else:
+                queued = 0
+                for family in text_string_to_metric_families(text):
+                    if family.name in QUEUED_METRICS:
+                        queued += int(sum(s.value for s in family.samples))
+                load.queued = queued
+                full = queued > 0
+            load.error = None
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            # No reading says nothing about the load: the breaker and the in-flight limit still guard it.
+            load.error = _describe(exc)
+        load.at = time.monotonic()
+        self.view.full[self.config.index[name]] = full
 
     def _failed(self, name: str, cause: str, error: str) -> None:
         self.metrics.failures[name, cause].inc()
@@ -172,8 +313,19 @@ class Router:
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, "completions", "/completions")
 
+    async def _body(self, request: web.Request) -> dict:
+        """The request's JSON body, read within header_timeout (aiohttp bounds the head's time, not the body's:
+        a client sending its body a byte a second would hold its connection for as long as it liked)."""
+        try:
+            async with asyncio.timeout(self.settings.header_timeout):
+                raw = await request.read()
+        except TimeoutError:
+            raise inbound.RequestError(f"the request body did not arrive within {self.settings.header_timeout:g} s",
+                                       status=408) from None
+        return inbound.parse_body(raw)
+
     async def route(self, request: web.Request) -> web.Response:
-        body = inbound.parse_body(await request.read())
+        body = await self._body(request)
         kind = "chat" if "messages" in body else "text" if "prompt" in body else None
         if kind is None:
             body = dict(body, messages=[{"role": "user", "content": ""}])
@@ -187,23 +339,39 @@ class Router:
         })
 
     async def models(self, request: web.Request) -> web.Response:
-        names = [self.config.local.name] + ([self.config.small.name] if self.config.small else []) + [self.config.cloud_model]
-        owners = [LOCAL] * (len(names) - 1) + [CLOUD]
-        return web.json_response({"object": "list", "data": [
-            {"id": n, "object": "model", "created": 0, "owned_by": f"agentkit-router ({o})"} for n, o in zip(names, owners)]})
+        data, seen = [], set()
+        for name in self.names:
+            for m in self.backends[name].models:
+                if m.name not in seen:
+                    seen.add(m.name)
+                    data.append({"id": m.name, "object": "model", "created": 0, "owned_by": f"agentkit-router ({name})"})
+        return web.json_response({"object": "list", "data": data})
 
     async def health(self, request: web.Request) -> web.Response:
         now = time.monotonic()
-        backends = {name: dict(self.breakers[name].describe(), url=self.urls[name], up=self.breakers[name].up,
-                               inflight=self.inflight(name)) for name in policy.BACKENDS}
+        backends = {}
+        for name in self.names:
+            breaker = self.breakers[name]
+            b = self.backends[name]
+            i = self.config.index[name]
+            out = dict(breaker.describe(), url=self.urls[name], up=breaker.up, inflight=self.view.inflight[i],
+                       models=[m.name for m in b.models], cooldown_seconds=breaker.open_for)
+            if name != CLOUD:
+                out.update(max_inflight=b.max_inflight, reserved_bytes=self.view.reserved[i],
+                           gpu=("nvml" if self.endpoints[name].gpu is not None and self.gpu.available else "capacity"),
+                           gpu_free_bytes=self.view.gpu_free[i], capacity_bytes=b.capacity, full=self.view.full[i])
+            if name in self.loads:
+                load = self.loads[name]
+                out["load"] = {"signal": self.endpoints[name].load, "busy_slots": load.busy, "slots": load.slots,
+                               "queued": load.queued, "error": load.error,
+                               "age_seconds": None if load.at is None else round(now - load.at, 3)}
+            backends[name] = out
         backends[CLOUD]["api_key"] = "set" if self.settings.cloud_api_key else "none"
-        gpu = self.gpu.status(now)
-        if not self.gpu.available:
-            gpu["capacity_bytes"] = self.config.gpu_capacity
         any_up = any(b["up"] for b in backends.values())
         return web.json_response({
             "status": "ok" if all(b["up"] for b in backends.values()) else "degraded" if any_up else "down",
-            "backends": backends, "gpu": gpu, "local_reserved_bytes": self.view.local_reserved,
+            "backends": backends, "gpu": self.gpu.status(now),
+            "local_reserved_bytes": sum(self.view.reserved),
         }, status=200 if any_up else 503)
 
     async def metrics_page(self, request: web.Request) -> web.Response:
@@ -213,7 +381,7 @@ class Router:
 
     async def _complete(self, request: web.Request, endpoint: str, path: str) -> web.StreamResponse:
         started = time.perf_counter()
-        body = inbound.parse_body(await request.read())
+        body = await self._body(request)
         task = inbound.task_of(body, "chat" if endpoint == "chat" else "text", request.headers)
         stream = body.get("stream") is True
         deadline = time.monotonic() + self.settings.timeout
@@ -223,13 +391,7 @@ class Router:
         rounds = 0
         previous: str | None = None
         while True:
-            if failed:
-                # The same rules, with the backends that failed this request counted as down.
-                view = replace(self.view, local_up=self.view.local_up and LOCAL not in failed,
-                               cloud_up=self.view.cloud_up and CLOUD not in failed)
-                decision = self.select_backend(task, view)
-            else:
-                decision = self.select_backend(task)
+            decision = self._decide(task, failed)
             backend = decision.backend
             if backend in failed:
                 # Every backend the rules allow has failed this request: back off, then a new round.
@@ -246,88 +408,160 @@ class Router:
             if previous is not None and previous != backend:
                 self.metrics.failovers[previous, backend].inc()
             previous = backend
-            outcome = await self._attempt(request, endpoint, path, body, task, decision, stream, deadline, started)
-            if isinstance(outcome, web.StreamResponse):
-                return outcome
-            cause, last_error, wait = outcome
-            self._failed(backend, cause, last_error)
-            failed.add(backend)
-            retry_after = max(retry_after, wait)
+            opened, failures = await self._first_byte(task, decision, failed, path, body, stream, deadline)
+            for failure in failures:
+                self._failed(failure.backend, failure.cause, failure.error)
+                failed.add(failure.backend)
+                retry_after = max(retry_after, failure.wait)
+                last_error = failure.error
+            if opened is not None:
+                return await self._deliver(request, opened, endpoint, started)
             if time.monotonic() >= deadline:
                 return self._unavailable(endpoint, decision, last_error, started)
 
-    async def _attempt(self, request, endpoint, path, body, task, decision, stream, deadline, started):
-        """One try on one backend: the client's response, or (cause, error, retry_after) to go on."""
+    async def _first_byte(self, task: Task, decision: Decision, failed: set[str], path: str, body: dict,
+                          stream: bool, deadline: float) -> tuple[Opened | None, list[Failed]]:
+        """One attempt, and with hedge_after a second on the next backend when the first is slow to its
+        first byte: the winner (the first to answer) and the attempts that failed."""
+        first = asyncio.ensure_future(self._open(decision, task, path, body, stream, deadline))
+        tasks = [first]
+        settled = False
+        try:
+            hedge_after = self.settings.hedge_after
+            if hedge_after is not None:
+                done, _ = await asyncio.wait((first,), timeout=hedge_after)
+                second = None if done else self._decide(task, failed | {decision.backend})
+                if second is not None and second.backend != decision.backend and second.backend not in failed:
+                    self.metrics.hedges[decision.backend, second.backend].inc()
+                    tasks.append(asyncio.ensure_future(self._open(second, task, path, body, stream, deadline)))
+            results = []
+            pending = set(tasks)
+            while pending and not any(isinstance(r, Opened) for r in results):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                results += [t.result() for t in tasks if t in done]
+            settled = True
+            return _settled(results)
+        finally:
+            # The loser of a hedge, or every attempt when the client went away: cancelled, their
+            # connections closed and in-flight counts given back.
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not settled:
+                for t in tasks:
+                    if not t.cancelled() and isinstance(t.exception() or t.result(), Opened):
+                        t.result().close()
+
+    async def _open(self, decision: Decision, task: Task, path: str, body: dict, stream: bool,
+                    deadline: float) -> Opened | Failed:
+        """Send to one backend and wait for its first byte (a stream's first chunk, or a whole answer)."""
         backend = decision.backend
+        i = self.config.index[backend]
+        view = self.view
         reserved = policy.reservation(self.config, decision, task)
         self._last_traffic[backend] = time.monotonic()
-        if backend == LOCAL:
-            self.view.local_inflight += 1
-            self.view.local_reserved += reserved
-        else:
-            self._cloud_inflight += 1
-        remaining = max(0.001, min(deadline - time.monotonic(), self.settings.attempt_timeout))
-        timeout = aiohttp.ClientTimeout(total=None if stream else remaining,
-                                        connect=min(remaining, self.settings.connect_timeout),
-                                        sock_read=self.settings.stream_idle_timeout if stream else remaining)
-        headers = {"X-Agentkit-Backend": backend, "X-Agentkit-Model": decision.model,
-                   "X-Agentkit-Reason": decision.reason, "X-Agentkit-Score": f"{decision.score:.3f}"}
+        view.inflight[i] += 1
+        view.reserved[i] += reserved
+        held = True  # until release(): once, whichever way the attempt ends
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                view.inflight[i] -= 1
+                view.reserved[i] -= reserved
+
+        remaining = max(0.001, deadline - time.monotonic())
+        wait = min(remaining, self.settings.first_byte_timeout if stream else self.settings.attempt_timeout)
+        timeout = aiohttp.ClientTimeout(total=None, connect=min(wait, self.settings.connect_timeout),
+                                        sock_read=self.settings.stream_idle_timeout if stream else wait)
+        resp = None
+        kept = False  # the Opened stream holds the response and the in-flight count from here
+        token = object()
+        waiting = self._waiting[backend]
+        waiting[token] = entry = [time.monotonic(), asyncio.current_task(), False]
         try:
-            try:
-                posting = self.session.post(self.urls[backend] + path, data=inbound.forwarded(body, decision.model),
-                                            headers=self._headers[backend], timeout=timeout, allow_redirects=False)
-                # A stream has no total timeout: bound the wait for its headers here.
-                resp = await (asyncio.wait_for(posting, remaining) if stream else posting)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                return _cause(exc), f"{backend}: {_describe(exc)}", 0.0
-            async with resp:
+            async with asyncio.timeout(wait):
+                resp = await self.session.post(self.urls[backend] + path, data=inbound.forwarded(body, decision.model),
+                                               headers=self._headers[backend], timeout=timeout, allow_redirects=False)
                 if resp.status in RETRYABLE_STATUS:
                     await _drain(resp)
-                    wait = _retry_after(resp.headers.get("Retry-After"))
-                    return ("http_429" if resp.status == 429 else "http_5xx",
-                            f"{backend}: HTTP {resp.status} from {self.urls[backend]}{path}", wait)
-                headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+                    return Failed(backend, "http_429" if resp.status == 429 else "http_5xx",
+                                  f"{backend}: HTTP {resp.status} from {self.urls[backend]}{path}",
+                                  _retry_after(resp.headers.get("Retry-After")))
                 if not stream or resp.status != 200:
-                    try:
-                        data = await resp.read()
-                    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                        return _cause(exc), f"{backend}: {_describe(exc)}", 0.0
-                    self.breakers[backend].success()
-                    out = web.Response(body=data, status=resp.status, headers=headers)
-                    self._done(endpoint, backend, resp.status, started)
-                    return out
-                return await self._stream(request, resp, endpoint, backend, headers, started, remaining)
+                    data = await resp.read()
+                    return Opened(decision, resp, data=data)
+                chunks = resp.content.iter_any()
+                try:
+                    first = await chunks.__anext__()
+                except StopAsyncIteration:
+                    first = b""
+                kept = True
+                return Opened(decision, resp, chunks=chunks, first=first, release=release)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            what = "no first byte" if isinstance(exc, asyncio.TimeoutError) else _describe(exc)
+            return Failed(backend, _cause(exc), f"{backend}: {what}" + (f" within {wait:g} s" if isinstance(
+                exc, asyncio.TimeoutError) else ""))
+        except asyncio.CancelledError:
+            if not entry[2]:
+                raise  # the client went away, or a hedge was won elsewhere
+            asyncio.current_task().uncancel()  # given up by _breaker_changed: a failure like a timeout
+            return Failed(backend, "timeout", f"{backend}: no first byte, and its circuit opened meanwhile "
+                                              f"({self.breakers[backend].last_error})")
         finally:
-            if backend == LOCAL:
-                self.view.local_inflight -= 1
-                self.view.local_reserved -= reserved
-            else:
-                self._cloud_inflight -= 1
+            del waiting[token]
+            if not kept:
+                release()
+                if resp is not None:
+                    resp.release()
 
-    async def _stream(self, request, resp, endpoint, backend, headers, started, first_wait):
-        """Pass a 200 stream through; from the first byte on there is no going back."""
+    async def _deliver(self, request: web.Request, opened: Opened, endpoint: str, started: float) -> web.StreamResponse:
+        decision = opened.decision
+        backend = decision.backend
+        resp = opened.resp
+        headers = {"X-Agentkit-Backend": backend, "X-Agentkit-Model": decision.model,
+                   "X-Agentkit-Reason": decision.reason, "X-Agentkit-Score": f"{decision.score:.3f}",
+                   "Content-Type": resp.headers.get("Content-Type", "application/json")}
+        if opened.chunks is None:
+            self.breakers[backend].success()
+            self._done(endpoint, backend, resp.status, started)
+            return web.Response(body=opened.data, status=resp.status, headers=headers)
+        # A 200 stream: from the first byte on there is no going back.
         headers["Cache-Control"] = "no-cache"
         out = web.StreamResponse(status=200, headers=headers)
-        chunks = resp.content.iter_any()
+        done = False
+        client_gone = False
         try:
-            first = await asyncio.wait_for(chunks.__anext__(), first_wait)
-        except StopAsyncIteration:
-            first = b""
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            return _cause(exc), f"{backend}: {_describe(exc)} before the first byte", 0.0
-        await out.prepare(request)
-        try:
-            if first:
-                await out.write(first)
+            await out.prepare(request)
+            chunk = opened.first
             # From here the session's sock_read (stream_idle_timeout) bounds every wait.
-            async for chunk in chunks:
-                await out.write(chunk)
+            chunks = opened.chunks.__aiter__()
+            while True:
+                if chunk:
+                    try:
+                        await out.write(chunk)
+                    except (ConnectionError, OSError):
+                        client_gone = True  # the client's side: no fault of the backend's
+                        raise
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            done = True
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if client_gone:
+                self._done(endpoint, backend, 499, started)  # nginx's "client closed the request"
+                return out
             # Bytes went out already: cut the client's stream so it knows, and don't retry.
             self._failed(backend, "broken", f"{backend}: stream broke: {_describe(exc)}")
             self._done(endpoint, backend, 502, started)
-            request.transport.close() if request.transport is not None else None
+            if request.transport is not None:
+                request.transport.close()
             return out
+        finally:
+            opened.close(done)
         self.breakers[backend].success()
         await out.write_eof()
         self._done(endpoint, backend, 200, started)
@@ -342,6 +576,20 @@ class Router:
         return _error(503, f"no backend could serve the request within {self.settings.timeout:g} s "
                            f"(decision: {decision.backend}, {decision.reason}); last error: {last_error}",
                       "service_unavailable", headers={"Retry-After": "1"})
+
+
+def _settled(results: list) -> tuple[Opened | None, list[Failed]]:
+    """The first Opened of `results` (any other is given up) and the failures."""
+    winner = None
+    failures = []
+    for r in results:
+        if isinstance(r, Failed):
+            failures.append(r)
+        elif winner is None:
+            winner = r
+        else:
+            r.close()
+    return winner, failures
 
 
 def _retry_after(value: str | None) -> float:
@@ -388,6 +636,10 @@ async def _errors(request: web.Request, handler):
     except inbound.RequestError as exc:
         router.metrics.rejected.labels(str(exc.status)).inc()
         return _error(exc.status, str(exc), "invalid_request_error", exc.param)
+    except web.RequestPayloadError as exc:  # a body aiohttp cannot decode (Content-Encoding: gzip that is not)
+        router.metrics.rejected.labels("400").inc()
+        cause = getattr(exc.__cause__, "message", None) or "its encoding is broken"
+        return _error(400, f"the request body cannot be read: {cause}", "invalid_request_error")
     except web.HTTPRequestEntityTooLarge:
         router.metrics.rejected.labels("413").inc()
         return _error(413, f"the request body is larger than the router's limit of "
@@ -417,15 +669,3 @@ def make_app(router: Router) -> web.Application:
     app.on_startup.append(router.start)
     app.on_cleanup.append(router.stop)
     return app
-
-
-def read_key(path: str | None) -> str | None:
-    """The cloud key: --cloud-api-key-file, else the credential systemd passed (LoadCredential=)."""
-    if path is None:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory or not os.path.exists(os.path.join(directory, CREDENTIAL)):
-            return None
-        path = os.path.join(directory, CREDENTIAL)
-    with open(path, encoding="utf-8") as handle:
-        key = handle.read().strip()
-    return key or None

@@ -1,7 +1,7 @@
 """The status service's view of a supervisord host (agentkit up): its agents and their states.
 
-Which agents: supervisord's programs (all but the activator and this service); the optional
-ones are those activator.json names. When: the activator says at once when an agent starts,
+Which agents: supervisord's programs (all but the activator, the router and this service); the
+optional ones are those activator.json names. When: the activator says at once when an agent starts,
 is ready, fails or is stopped (its control socket's "events"); crashes and supervisord's own
 restarts show in its process list, read every POLL seconds (XML-RPC over its unix socket:
 a question to supervisord, never to an agent, so it wakes nothing). supervisord counts no
@@ -27,7 +27,7 @@ from .gpu import GpuView
 
 log = logging.getLogger(units.STATUS_PROGRAM)
 POLL = 0.5  # s between looks at supervisord's process list
-NOT_OURS = (ACTIVATOR, units.STATUS_PROGRAM)
+NOT_OURS = (ACTIVATOR, units.STATUS_PROGRAM, units.ROUTER_PROGRAM)  # not agents (systemd.py: NOT_OURS)
 
 
 class SupervisordSource:

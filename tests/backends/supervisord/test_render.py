@@ -30,6 +30,7 @@ import pytest
 from agentkit.programs import resolve as resolve_program
 from agentkit import graph, manifest, units
 from agentkit.errors import AgentkitError, ManifestError
+from agentkit.router.command import router_command
 from agentkit.backends.supervisord.render import (ACTIVATOR, command_value, environment_value, plan_supervisord,
                                   supervised_environment)
 
@@ -196,7 +197,18 @@ def _check_against_manifest(m, host, opts, profile=None):
     """What every rendered supervisord.conf must say about the manifest's agents."""
     agents = [a for a in graph.selected(m, profile) if a.host == host]
     programs = programs_of(opts)
-    assert set(programs) == {a.name for a in agents} | {ACTIVATOR, units.STATUS_PROGRAM}
+    router = m.router if m.router is not None and m.router.host == host else None
+    assert set(programs) == {a.name for a in agents} | {ACTIVATOR, units.STATUS_PROGRAM} | (
+        {units.ROUTER_PROGRAM} if router else set())
+    if router is not None:
+        # The router's argv is router_command()'s, its key file passed by name (no LoadCredential= here).
+        program = programs[units.ROUTER_PROGRAM]
+        assert program.autostart and program.autorestart == "true" and program.priority == 3
+        assert (program.startsecs, program.startretries) == (3, 3)
+        assert shlex.split(program.command) == [
+            word for group in router_command(router, BIN, key_file=router.api_key_file) for word in group]
+        assert program.stdout_logfile == f"{STATE}/logs/{units.ROUTER_PROGRAM}.log" and program.redirect_stderr
+        assert program.stopasgroup and program.killasgroup and not program.environment  # the key is in no environment
     status = programs[units.STATUS_PROGRAM]
     assert status.autostart and status.autorestart
     words = shlex.split(status.command)
@@ -262,8 +274,11 @@ def test_the_reference_fleet_has_77_programs_and_the_activators_53_agents(parse)
         files = plan_files(m, host)
         programs = programs_of(parse(files["supervisord.conf"]))
         activator = json.loads(files["activator.json"])
-        # Less the activator and the status service: the agents.
-        counts[host] = (len(programs) - 2, sum(p.autostart for p in programs.values()) - 2, len(activator["agents"]))
+        # Less the activator, the status service and (on mainpc) the router: the agents.
+        ours = 3 if host == m.router.host else 2
+        assert (units.ROUTER_PROGRAM in programs) is (host == m.router.host)
+        counts[host] = (len(programs) - ours, sum(p.autostart for p in programs.values()) - ours,
+                        len(activator["agents"]))
     assert counts == {"mainpc": (55, 16, 39), "pc2": (22, 8, 14)}
     assert sum(c[0] for c in counts.values()) == 77 and sum(c[2] for c in counts.values()) == 53
 
@@ -457,6 +472,48 @@ def test_an_agent_named_like_the_activator_is_refused(tmp_path):
     with pytest.raises(ManifestError, match=r"here.yaml:3: agents.agentkit-activator: under supervisord the "
                                             "program name agentkit-activator is agentkit's own activator"):
         manifest.load(root)
+
+
+def test_an_agent_named_like_the_router_is_refused_on_the_routers_host_only(tmp_path):
+    router = """\
+        router:
+          host: here
+          local: {url: "http://127.0.0.1:8080/v1", model: small}
+          cloud: {url: "https://cloud.example/v1", model: large}
+        """
+    agents = """\
+        host: HOST
+        agents:
+          agentkit-router: {essential: true, port: 5000}
+        """
+    root = write_manifest(tmp_path / "here", {"fleet.yaml": SMALL_FLEET + textwrap.dedent(router),
+                                               "here.yaml": agents.replace("HOST", "here")})
+    with pytest.raises(ManifestError, match=r"here.yaml:3: agents.agentkit-router: under supervisord the "
+                                            r"program name agentkit-router is the router's \(router.host: here\)"):
+        manifest.load(root)
+    root = write_manifest(tmp_path / "there", {"fleet.yaml": SMALL_FLEET + textwrap.dedent(router),
+                                                "there.yaml": agents.replace("HOST", "there")})
+    assert "agentkit-router" in manifest.load(root).agents
+
+
+def test_a_private_port_on_the_routers_port_is_refused(tmp_path):
+    root = write_manifest(tmp_path / "agents", {"fleet.yaml": SMALL_FLEET + textwrap.dedent("""\
+        router:
+          host: here
+          port: 6000
+          local: {url: "http://127.0.0.1:8080/v1", model: small}
+          cloud: {url: "https://cloud.example/v1", model: large}
+        """), "here.yaml": """\
+        host: here
+        agents:
+          Lazy: {port: 5000}
+        """})
+    with pytest.raises(ManifestError) as caught:
+        manifest.load(root)
+    assert [str(p) for p in caught.value.problems] == [
+        f"{root}/here.yaml:3: agents.Lazy.port: under supervisord it listens on 127.0.0.1:6000 (port 5000 + "
+        "private_port_offset 1000), which is also used on here by the router (router.port) (change "
+        "private_port_offset, or use activation: proxy with a private_port)"]
 
 
 @pytest.mark.parametrize("state_dir, message", [

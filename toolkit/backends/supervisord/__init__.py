@@ -69,15 +69,16 @@ class SupervisordBackend(Backend):
         result = run.up(manifest, host, profile, planned, changes, state_dir=directory, bin_dir=options.bin_dir,
                         timeout=options.timeout, progress=progress)
         run.remember(manifest, host, directory)
-        if manifest.router is not None and manifest.router.host == host:
-            progress(f"{host}: the router (router: in {os.path.basename(manifest.router.where.file)}) is not run "
-                     f"under {self.name} yet: start agentkit-router yourself, or use systemd")
         running = len(result.essential) - len([n for n in result.failed if n in result.essential])
         progress(f"{host}: {running}/{len(result.essential)} essential agents running, {len(result.optional)} "
                  f"optional agents dormant (the activator holds their ports); state, logs and control socket "
                  f"in {directory}")
-        return Outcome(changes,
-                       failed={name: [f"{why} (log: {directory}/logs/)"] for name, why in result.failed.items()})
+        if run.router_here(manifest, host) and render.ROUTER not in result.failed:
+            router = manifest.router
+            progress(f"{host}: the router (router: in {os.path.basename(router.where.file)}) listens on "
+                     f"{router.bind}:{router.port}")
+        return Outcome(changes, failed={name: [f"{why} (log: {directory}/logs/{name}.log)"]
+                                        for name, why in result.failed.items()})
 
     def stop(self, manifest: Manifest, host: str, options: Options, progress: Progress) -> bool:
         directory = self.state_dir(manifest, host, options, started=True)

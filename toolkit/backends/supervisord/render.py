@@ -42,6 +42,12 @@ How the systemd model maps onto supervisord:
 - Not applied (supervisord has no cgroups nor namespaces): slices, memory_max,
   cpu_weight, sandboxing, watchdog; user= needs a root supervisord, so it is
   only noted in a comment.
+- The router (the manifest's router: section, on its host): the program
+  agentkit-router, started with supervisord and restarted like the status
+  service, its argv router_command()'s. It reads the cloud key from
+  router.cloud.api_key_file itself (--cloud-api-key-file; there is no
+  LoadCredential=), and refuses one its group or others may read
+  (toolkit/router/key.py).
 
 Quoting (supervisord 4): every value is %-expanded (so '%' becomes '%%'); the
 ini parser cuts a value at ';' or '#' after white space; command= is split
@@ -66,6 +72,7 @@ from ...errors import AgentkitError
 from ...files import RenderedFile
 from ...model import Agent, Manifest
 from ...gpu import table as gpu_table
+from ...router.command import router_command
 from ...statusd import where as status_where
 from .config import AgentSpec, Config as ActivatorConfig
 
@@ -74,6 +81,7 @@ ACTIVATOR_CONFIG = "activator.json"
 CONTROL = "activator.sock"  # the activator's control socket: agentkit wake, the status service
 ACTIVATOR = units.ACTIVATOR_PROGRAM
 SOCKET = "supervisor.sock"
+ROUTER = units.ROUTER_PROGRAM  # the router's program, on the router's host
 PRIORITY_BASE = 100  # the activator is 1: it starts first and stops last
 
 _EVERY_EXIT_CODE = ",".join(str(code) for code in range(256))
@@ -212,6 +220,12 @@ def check(manifest: Manifest) -> Iterator[Issue]:
         if agent.name == ACTIVATOR:
             yield Issue(agent.name, (), f"under supervisord the program name {ACTIVATOR} is agentkit's own "
                         "activator; rename the agent")
+        elif agent.name == units.STATUS_PROGRAM:
+            yield Issue(agent.name, (), f"under supervisord the program name {units.STATUS_PROGRAM} is the "
+                        "host's status service; rename the agent")
+        elif agent.name == ROUTER and manifest.router is not None and manifest.router.host == agent.host:
+            yield Issue(agent.name, (), f"under supervisord the program name {ROUTER} is the router's "
+                        f"(router.host: {agent.host}); rename the agent")
         own_host = host_env[agent.host]
         for name, value in agent.environment:
             if own_host.get(name) == value:
@@ -327,6 +341,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
             "private": privates.get(agent.name),
         })
     gpus = gpu_table.for_host(manifest, host, agents)
+    router = manifest.router if manifest.router is not None and manifest.router.host == host else None
     context = {
         "fleet": manifest.name,
         "host": host,
@@ -350,6 +365,14 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
             "command": command_value((posixpath.join(bin_dir, ACTIVATOR), "--config",
                                       posixpath.join(state_dir, ACTIVATOR_CONFIG))),
             "logfile": path(logs, f"{ACTIVATOR}.log", what="state_dir"),
+        },
+        "router": None if router is None else {
+            "name": ROUTER,
+            "source": _CONTROL.sub("?", posixpath.basename(router.where.file)),  # in a comment
+            "command": command_value([word for group in router_command(router, bin_dir, key_file=router.api_key_file)
+                                      for word in group]),
+            "key_file": router.api_key_file,
+            "logfile": path(logs, f"{ROUTER}.log", what="state_dir"),
         },
         "programs": entries,
     }

@@ -26,7 +26,7 @@ from ...model import Manifest
 from ...files import RenderedFile
 from .. import AgentStatus, Changes, rss
 from . import render
-from .render import ACTIVATOR, ACTIVATOR_CONFIG, CONF, SOCKET
+from .render import ACTIVATOR, ACTIVATOR_CONFIG, CONF, ROUTER, SOCKET
 
 
 def default_state_dir(manifest: Manifest, host: str) -> str:
@@ -106,6 +106,20 @@ def _probes(agents, bin_dir: str) -> dict:
     return probes
 
 
+def router_here(manifest: Manifest, host: str) -> bool:
+    """Whether `host`'s supervisord runs the router (the program render.ROUTER)."""
+    return manifest.router is not None and manifest.router.host == host
+
+
+def _router_probe(manifest: Manifest) -> tuple:
+    """(probe, interval, budget) of the router: its port accepts (under systemd it says READY=1
+    once it listens; supervisord has no sd_notify)."""
+    router = manifest.router
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(router.bind, router.bind)
+    budget = 30.0  # the router unit's TimeoutStartSec=
+    return ready.probe_for("port", host, router.port) + (budget,)
+
+
 def up(manifest: Manifest, host: str, profile: str | None, planned: list[RenderedFile], changes: Changes, *,
        state_dir: str, bin_dir: str, timeout: float = 120.0, progress: Callable[[str], None] = print) -> UpResult:
     """Write the files of `planned` that `changes` names (plan_supervisord() for state_dir, and
@@ -120,6 +134,9 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
     agents = graph.on_host(manifest, host, profile)
     essential = [a.name for a in agents if a.essential]
     optional = [a.name for a in agents if a.optional]
+    # What supervisord starts itself (autostart=true) and up waits for: the activator, the
+    # router on its host, the essential agents.
+    wanted = [ACTIVATOR] + ([ROUTER] if router_here(manifest, host) else []) + essential
 
     started = not running(state_dir)
     if started:
@@ -132,9 +149,11 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
         if ACTIVATOR_CONFIG in changed:
             rpc(state_dir).supervisor.stopProcess(ACTIVATOR, True)
             rpc(state_dir).supervisor.startProcess(ACTIVATOR, True)
+        again = _start_stopped(state_dir, wanted)
+        if again:
+            progress(f"{host}: starting again: {', '.join(f'{name} ({state})' for name, state in again)}")
 
-    # Wait for the essentials and the activator: RUNNING, or given up on.
-    wanted = [ACTIVATOR] + essential
+    # Wait for them: RUNNING, or given up on.
     deadline = time.monotonic() + timeout
     failed: dict[str, str] = {}
     for _ in range(int(timeout / 0.1) + 1):
@@ -147,7 +166,9 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
             info = infos.get(name)
             state = info["statename"] if info else "MISSING"
             if state in ("FATAL", "EXITED"):
-                failed[name] = f"{state}: {info.get('description', '')}".strip()
+                # supervisord's words (e.g. "Exited too quickly"), then the program's own last line.
+                said = _last_words(state_dir, name)
+                failed[name] = f"{state}: {info.get('description', '')}".strip() + (f": {said}" if said else "")
             elif state != "RUNNING":
                 pending.append(name)
         if not pending or time.monotonic() > deadline:
@@ -157,7 +178,10 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
         time.sleep(0.1)
     # Then readiness, as systemd's ExecStartPost= probe holds a unit: what up reports as
     # running answers.
-    for name, (probe, interval, budget) in _probes(agents, bin_dir).items():
+    probes = _probes(agents, bin_dir)
+    if router_here(manifest, host):
+        probes[ROUTER] = _router_probe(manifest)
+    for name, (probe, interval, budget) in probes.items():
         if name in failed:
             continue
         pid = (infos.get(name) or {}).get("pid") or None
@@ -165,6 +189,25 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
         if not ok:
             failed[name] = f"running, but not ready: {said}"
     return UpResult(host, state_dir, started, essential, optional, failed)
+
+
+def _start_stopped(state_dir: str, names: list[str]) -> list[tuple[str, str]]:
+    """Start those of `names` (autostart programs) that supervisord gave up on or that were
+    stopped: a second up tries again what failed, as systemd's start job does for a failed
+    unit (e.g. the router, once its key file is fixed). (name, state before) of each."""
+    server = rpc(state_dir).supervisor
+    try:
+        infos = {i["name"]: i for i in server.getAllProcessInfo()}
+    except (OSError, xmlrpc.client.Error):
+        return []
+    again = []
+    for name in names:
+        state = (infos.get(name) or {}).get("statename")
+        if state in ("FATAL", "EXITED", "STOPPED"):
+            with contextlib.suppress(xmlrpc.client.Fault):  # started meanwhile, or gone
+                server.startProcess(name, False)
+                again.append((name, state))
+    return again
 
 
 def down(state_dir: str, timeout: float = 120.0) -> bool:

@@ -14,7 +14,7 @@ import jinja2
 from ... import env as contract, escape, graph, programs, templating, units, values
 from ...files import RenderedFile
 from ...model import Manifest
-from ...router.settings import ROUTER_SETTINGS, router_flag_value
+from ...router.command import model_names, router_command
 from ...gpu import table as gpu_table
 from ...statusd import where
 
@@ -23,16 +23,6 @@ SYSUSERS = "/usr/bin/systemd-sysusers"
 TEMPLATES = ["agent.service.j2", "agent.socket.j2", "proxy.service.j2", "agentkit.target.j2", "agentkit.slice.j2",
              "agentkit-rearm@.timer.j2", "agentkit-rearm@.service.j2", "router.service.j2", "status.service.j2",
              "status-user.service.j2", "live.service.j2"]
-
-
-def router_command(router, bin_dir: str) -> list[tuple[str, ...]]:
-    """agentkit-router's argv, in groups: the program and --listen, then one option per router setting."""
-    groups = [(os.path.join(bin_dir, units.ROUTER_PROGRAM), "--listen", f"{router.bind}:{router.port}")]
-    for key, value in router.settings:
-        flag = ROUTER_SETTINGS[key].flag
-        if flag is not None:
-            groups.append((flag, router_flag_value(key, value)))
-    return groups
 
 
 def status_command(host, bin_dir: str) -> list[str]:
@@ -170,11 +160,11 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 slice=manifest.slices[name], name=manifest.name, host=host)))
         router = manifest.router if manifest.router is not None and manifest.router.host == host else None
         if router is not None:
-            settings = dict(router.settings)
+            local_models, cloud_models = model_names(router)
             files.append(RenderedFile(units.ROUTER, router_t.render(
                 router=router, agent={"user": None}, source=os.path.basename(router.where.file), target=units.TARGET,
                 slice=units.ROOT_SLICE, command=" \\\n    ".join(escape.systemd_exec(g) for g in router_command(router, bin_dir)),
-                local_model=settings["local.model"], cloud_model=settings["cloud.model"],
+                local_model=local_models, cloud_model=cloud_models,
             )))
         files.append(RenderedFile(units.STATUS, status_t.render(
             host=host, source=os.path.basename(manifest.hosts[host].where.file), target=units.TARGET,
