@@ -39,6 +39,16 @@ def test_router_failover_benchmark_runs():
     assert all(s["requests"] == 40 for s in summary)
 
 
+def test_router_abuse_benchmark_runs():
+    result = subprocess.run([sys.executable, str(REPO / "bench" / "router_abuse.py"), "--idle", "50", "--cap", "3",
+                             "--flood", "20", "--heads", "5", "--json"], capture_output=True, text=True, timeout=300,
+                            cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    rows = {row["scenario"]: row for row in json.loads(result.stdout)}
+    assert rows["idle 50"]["new client"] == "200", rows["idle 50"]
+    assert sorted(rows) == ["5 unfinished heads of 938 KiB", "bodies and heads", "idle 50", "slow clients"]
+
+
 def test_supervisord_fleet_benchmark_runs():
     result = subprocess.run([sys.executable, str(REPO / "bench" / "fleet_supervisord.py"), "--rounds", "1", "--json"],
                             capture_output=True, text=True, timeout=600, cwd=REPO)
