@@ -1183,9 +1183,12 @@ def test_a_router_section_loads_with_its_defaults(workdir):
     (ROUTER + "  unknown: lots\n",
      ["agents/fleet.yaml:8: router.unknown: no backend 'lots' (backends: local, cloud)"]),
     (ROUTER.replace("model: small-8b}", "models: [{name: a, above: 2}, {name: b, kv_cache_per_token: x}]}"),
-     ["agents/fleet.yaml:6: router.local.models[0]: above: expected a number from 0 to 1, got 2",
-      "agents/fleet.yaml:6: router.local.models[1]: kv_cache_per_token: 'x' is not a size systemd understands "
+     ["agents/fleet.yaml:6: router.local.models[0].above: expected a number from 0 to 1, got 2",
+      "agents/fleet.yaml:6: router.local.models[1].kv_cache_per_token: 'x' is not a size systemd understands "
       "(try '512M' or '4G')"]),
+    (ROUTER.replace("model: small-8b}", "models: [{name: a, kv_cache_per_tokn: 1K}]}"),
+     ["agents/fleet.yaml:6: router.local.models[0].kv_cache_per_tokn: unknown key (did you mean "
+      "'kv_cache_per_token'?)"]),
     (ROUTER + "  peers:\n    pc2: {url: 'http://127.0.0.1:9/v1', host: delta, model: m, speed: 3}\n    local: {url: x}\n",
      ["agents/fleet.yaml:9: router.peers.pc2.speed: unknown key (known: url, max_inflight, load, gpu, capacity, host, "
       "model, models)",

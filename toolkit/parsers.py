@@ -56,6 +56,8 @@ def each(items, parse_item) -> list:
     for key, item in items:
         try:
             out.append(parse_item(key, item))
+        except Many as exc:
+            problems += [((key,) + sub, message) for sub, message in exc.problems]
         except ValueError as exc:
             problems.append(((key,), str(exc)))
     if problems:

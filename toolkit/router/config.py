@@ -18,6 +18,7 @@ case-insensitively; its value is a complexity score (0..1) or a fixed backend
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -171,17 +172,27 @@ def _model(item: Any, known: dict) -> Model:
         return Model(parsers.model_name(item))
     if not isinstance(item, dict) or "name" not in item:
         raise ValueError(f"expected a model, {{name: ..., above: 0.5, ...}}, got {parsers.show(item)}")
-    out: dict[str, Any] = {"name": parsers.model_name(item["name"])}
+    out: dict[str, Any] = {}
+    problems: list[tuple[tuple, str]] = []
+    try:
+        out["name"] = parsers.model_name(item["name"])
+    except ValueError as exc:
+        problems.append((("name",), str(exc)))
     for key, raw in item.items():
         if key == "name":
             continue
         if key not in known:
-            raise ValueError(f"unknown key {key!r} of a model (known: name, {', '.join(known)})")
+            hint = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+            problems.append(((key,), f"unknown key (did you mean {hint[0]!r}?)" if hint else
+                             f"unknown key (known: name, {', '.join(known)})"))
+            continue
         parse, attribute = known[key]
         try:
             out[attribute] = parse(raw)
         except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
+            problems.append(((key,), str(exc)))
+    if problems:
+        raise parsers.Many(problems)
     return Model(**out)
 
 
@@ -216,7 +227,10 @@ def _peer(name: Any, raw: Any) -> tuple[Peer, str | None]:
             except ValueError as exc:
                 problems.append(((key,), str(exc)))
         elif key not in PEER_MANIFEST_KEYS:
-            problems.append(((key,), f"unknown key (known: {', '.join(list(PEER_FIELDS) + list(PEER_MANIFEST_KEYS))})"))
+            known = list(PEER_FIELDS) + list(PEER_MANIFEST_KEYS)
+            hint = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            problems.append(((key,), f"unknown key (did you mean {hint[0]!r}?)" if hint else
+                             f"unknown key (known: {', '.join(known)})"))
     if "url" not in raw:
         problems.append(((), "missing url: the peer's OpenAI base URL"))
     models: tuple[Model, ...] = ()
