@@ -1186,6 +1186,11 @@ def test_a_router_section_loads_with_its_defaults(workdir):
      ["agents/fleet.yaml:6: router.local.models[0].above: expected a number from 0 to 1, got 2",
       "agents/fleet.yaml:6: router.local.models[1].kv_cache_per_token: 'x' is not a size systemd understands "
       "(try '512M' or '4G')"]),
+    (ROUTER.replace("model: small-8b}", "models: [a, {name: b}, a]}"),
+     ["agents/fleet.yaml:6: router.local.models[2]: model 'a' is listed already"]),
+    (ROUTER + "  rules: {}\n",
+     ["agents/fleet.yaml:8: router.rules: the rule table is empty: give at least one rule, or leave rules out for "
+      "the default table"]),
     (ROUTER.replace("model: small-8b}", "models: [{name: a, kv_cache_per_tokn: 1K}]}"),
      ["agents/fleet.yaml:6: router.local.models[0].kv_cache_per_tokn: unknown key (did you mean "
       "'kv_cache_per_token'?)"]),

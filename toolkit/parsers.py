@@ -305,15 +305,20 @@ def show(value: Any) -> str:
 def url(value: Any) -> str:
     written = text(value)
     scheme, sep, rest = written.partition("://")
-    if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") or " " in written:
+    if scheme not in ("http", "https") or not sep or not rest or rest.startswith("/") or _spaced(written):
         raise ValueError(f"expected an http:// or https:// URL such as http://127.0.0.1:8080/v1, got {show(value)}")
     return written.rstrip("/")
 
 
+def _spaced(written: str) -> bool:
+    """Whitespace of any kind, or ';': an option's text of the router separates words and models with them."""
+    return ";" in written or any(c.isspace() for c in written)
+
+
 def model_name(value: Any) -> str:
     written = text(value)
-    if not written or written.startswith("-") or " " in written:
-        raise ValueError(f"expected a model name (no spaces, not starting with '-'), got {show(value)}")
+    if not written or written.startswith("-") or _spaced(written):
+        raise ValueError(f"expected a model name (no spaces or ';', not starting with '-'), got {show(value)}")
     return written
 
 

@@ -19,16 +19,27 @@ Two ways to run it:
 * as a process (benchmarks; wrk drives it), on uvloop when importable::
 
       python tests/router/standin.py --name local --port 9001 [--host 127.0.0.1] [--delay 0]
+                                     [--mode ok] [--slots 4]
 
   prints ``listening http://127.0.0.1:9001/v1`` once listening and exits 0 on
   SIGTERM / SIGINT. ``--port 0`` picks a free port (read it from that line).
 
-Endpoints, all under /v1: ``POST /v1/chat/completions``, ``POST /v1/completions``
-(both with ``stream: true`` as server-sent events ending in ``data: [DONE]``)
-and ``GET /v1/models`` (the router's health probe).
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` (both with
+``stream: true`` as server-sent events ending in ``data: [DONE]``) and
+``GET /v1/models`` (the router's health probe); and, at the root as llama.cpp's
+server has them, its load signals:
 
-Modes (``set_mode``) apply to every endpoint, /v1/models included, so a health
-probe sees what traffic sees; ``delay`` only slows the two completion endpoints.
+* ``GET /slots``: a list of ``slots`` slot objects (``id``, ``id_task``, ``n_ctx``,
+  ``is_processing``, ...), ``is_processing`` true for as many as requests are in
+  flight here (``inflight``: completion requests being handled, held, hung or
+  delayed ones included), or as ``set_slots(total, busy)`` says;
+* ``GET /metrics``: Prometheus text with the gauges ``llamacpp:requests_processing``
+  (the busy slots) and ``llamacpp:requests_deferred`` (requests in flight beyond
+  the slots), each settable with ``set_metrics(processing=, deferred=)``.
+
+Modes (``set_mode``) apply to every endpoint, /v1/models, /slots and /metrics
+included, so a health probe or a load poll sees what traffic sees; ``delay``
+only slows the two completion endpoints.
 
 It serves with aiohttp's low-level ``web.Server`` (no Application, router or
 middlewares: one dict lookup per request) and logs nothing per request, so the
@@ -57,6 +68,8 @@ from aiohttp import web
 MODES = ("ok", "error", "ratelimit", "hang", "drop-midstream")
 MAX_CONTENT = 200  # characters of the user's message echoed back
 MAX_PIECES = 32  # a streamed reply is cut into 3..MAX_PIECES content chunks
+SLOTS = 4  # llama.cpp's slots (parallel sequences) /slots lists unless set_slots() says otherwise
+N_CTX = 4096  # each slot's context, as /slots says it
 
 _JSON = "application/json"
 _SSE_DONE = b"data: [DONE]\n\n"
@@ -99,9 +112,12 @@ class StandinBackend:
         self.record = record  # the process mode turns this off: no unbounded growth under wrk
         self.requests: list[dict[str, Any]] = []
         self.held = 0  # requests waiting in hold() right now (only the loop thread writes it)
+        self.inflight = 0  # completion requests being handled right now (only the loop thread writes it)
 
         self._mode = _Mode()
         self._holding = False
+        self._slots: tuple[int, int | None] = (SLOTS, None)  # (total, busy: None = the requests in flight)
+        self._load: tuple[int | None, int | None] = (None, None)  # /metrics (processing, deferred); None: derived
         self._requests_lock = threading.Lock()
         self._control_lock = threading.Lock()  # serialises start/stop/close
         self._headers = {"X-Standin-Backend": name}
@@ -111,6 +127,8 @@ class StandinBackend:
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._text_completion,
             ("GET", "/v1/models"): self._models,
+            ("GET", "/slots"): self._slots_page,
+            ("GET", "/metrics"): self._metrics_page,
         }
 
         # Owned by the loop thread (or the process mode's loop):
@@ -209,6 +227,34 @@ class StandinBackend:
         """Let every held request go on, and stop holding new ones."""
         self._holding = False
         self._notify()
+
+    def set_slots(self, total: int, busy: int | None = None) -> None:
+        """/slots lists `total` slots, `busy` of them processing; busy None (the default): as many
+        as requests are in flight here, at most `total`."""
+        if total < 0:
+            raise ValueError("total must be >= 0")
+        if busy is not None and not 0 <= busy <= total:
+            raise ValueError("busy must be from 0 to total")
+        self._slots = (int(total), None if busy is None else int(busy))
+
+    def set_metrics(self, *, processing: int | None = None, deferred: int | None = None) -> None:
+        """/metrics says `processing` and `deferred`; None (the default) for either: derived from
+        the slots (the busy ones) and the requests in flight beyond them."""
+        for name, value in (("processing", processing), ("deferred", deferred)):
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0")
+        self._load = (processing, deferred)
+
+    def load(self) -> dict[str, int]:
+        """What /slots and /metrics say now: {slots, busy, processing, deferred}."""
+        total, busy = self._slots
+        inflight = self.inflight
+        if busy is None:
+            busy = min(inflight, total)
+        processing, deferred = self._load
+        return {"slots": total, "busy": busy,
+                "processing": busy if processing is None else processing,
+                "deferred": max(0, inflight - total) if deferred is None else deferred}
 
     def clear_requests(self) -> None:
         with self._requests_lock:
@@ -365,6 +411,20 @@ class StandinBackend:
         return body, ""
 
     async def _chat(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.inflight += 1
+        try:
+            return await self._chat_in_flight(request)
+        finally:
+            self.inflight -= 1
+
+    async def _text_completion(self, request: web.BaseRequest) -> web.StreamResponse:
+        self.inflight += 1
+        try:
+            return await self._text_completion_in_flight(request)
+        finally:
+            self.inflight -= 1
+
+    async def _chat_in_flight(self, request: web.BaseRequest) -> web.StreamResponse:
         body, problem = await self._read_json(request)
         if body is None:
             return self._error(400, problem, "invalid_request_error")
@@ -375,7 +435,7 @@ class StandinBackend:
         text = _last_user_text(messages)
         return await self._answer(request, body, text, chat=True)
 
-    async def _text_completion(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def _text_completion_in_flight(self, request: web.BaseRequest) -> web.StreamResponse:
         body, problem = await self._read_json(request)
         if body is None:
             return self._error(400, problem, "invalid_request_error")
@@ -395,6 +455,42 @@ class StandinBackend:
         return self._json(200, {"object": "list", "data": [
             {"id": f"{self.name}-model", "object": "model", "created": 0,
              "owned_by": self.name}]})
+
+    async def _load_mode(self, request: web.BaseRequest) -> web.StreamResponse | None:
+        """A load page's answer under a mode other than ok (None: ok, answer it)."""
+        self._record(request, None)
+        mode = await self._mode_after_hang()
+        if mode is None:
+            return self._gave_up()
+        if mode.name != "ok":
+            return self._failure(mode)
+        return None
+
+    async def _slots_page(self, request: web.BaseRequest) -> web.StreamResponse:
+        """llama.cpp's GET /slots: one object per slot."""
+        failed = await self._load_mode(request)
+        if failed is not None:
+            return failed
+        load = self.load()
+        return self._json(200, [{"id": i, "id_task": i + 1 if i < load["busy"] else -1, "n_ctx": N_CTX,
+                                 "speculative": False, "is_processing": i < load["busy"]}
+                                for i in range(load["slots"])])
+
+    async def _metrics_page(self, request: web.BaseRequest) -> web.StreamResponse:
+        """llama.cpp's GET /metrics (Prometheus text), its two load gauges."""
+        failed = await self._load_mode(request)
+        if failed is not None:
+            return failed
+        load = self.load()
+        text = (
+            "# HELP llamacpp:requests_processing Number of requests processing.\n"
+            "# TYPE llamacpp:requests_processing gauge\n"
+            f"llamacpp:requests_processing {load['processing']}\n"
+            "# HELP llamacpp:requests_deferred Number of requests deferred.\n"
+            "# TYPE llamacpp:requests_deferred gauge\n"
+            f"llamacpp:requests_deferred {load['deferred']}\n")
+        return web.Response(status=200, body=text.encode(), headers={
+            **self._headers, "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def _mode_after_hang(self) -> _Mode | None:
         """The mode to answer under: the current one, or, in "hang", the one
@@ -588,11 +684,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--delay", type=float, default=0.0,
                         help="seconds before each completion reply (default: 0)")
+    parser.add_argument("--mode", choices=MODES, default="ok", help="how it answers (default: ok)")
+    parser.add_argument("--slots", type=int, default=SLOTS, help=f"slots /slots lists (default: {SLOTS})")
     args = parser.parse_args(argv)
+    if args.delay < 0 or args.slots < 0:
+        parser.error("--delay and --slots must be >= 0")
     # record=False: nobody reads `requests` here, and wrk would grow it without bound.
     backend = StandinBackend(args.name, port=args.port, host=args.host, record=False)
-    if args.delay > 0:
-        backend.set_mode("ok", delay=args.delay)
+    if args.delay > 0 or args.mode != "ok":
+        backend.set_mode(args.mode, delay=args.delay)
+    backend.set_slots(args.slots)
     try:
         import uvloop
         loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop

@@ -82,3 +82,12 @@ def test_the_router_says_why_and_exits_1(tmp_path):
         f"agentkit-router: the cloud API key file {path} is readable by its group and others (mode 0644): "
         f"chmod 600 {path}")
     assert KEY not in result.stdout + result.stderr
+
+
+def test_a_key_file_of_two_lines_is_refused_naming_the_file(tmp_path):
+    key = tmp_path / "key"
+    key.write_text("sk-one\nsk-two\n")
+    key.chmod(0o600)
+    with pytest.raises(KeyFileError) as caught:
+        read_key(str(key))
+    assert str(caught.value.message) == f"the cloud API key file {key} holds more than the key: one line, no spaces"

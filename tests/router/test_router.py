@@ -291,6 +291,36 @@ def steady(client, tasks, count, answers, errors, stop):
             errors.append(f"request {i}: {type(exc).__name__}: {exc}")
 
 
+def test_a_burst_of_requests_keeps_to_the_in_flight_limit(start_router, backends):
+    """Requests that arrive together (one event loop's worth) see each other's in-flight claims: the local
+    backend gets its max_inflight (2 in the basic set), the rest overflow to the cloud."""
+    import asyncio
+
+    import aiohttp
+
+    router = start_router()
+    local, cloud = backends
+    local.set_mode("ok", delay=0.3)  # the burst is all in before the first local answer (attempt timeout: 0.5 s)
+    local.clear_requests()
+    cloud.clear_requests()
+    body = {"model": "auto", "messages": [{"role": "user", "content": "burst"}], "metadata": {"task_type": "greeting"}}
+
+    async def burst() -> list[tuple[int, str]]:
+        async with aiohttp.ClientSession() as session:
+            async def one():
+                async with session.post(router.base + "/v1/chat/completions", json=body) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers.get("X-Agentkit-Backend")
+            return await asyncio.gather(*(one() for _ in range(20)))
+
+    answers = asyncio.run(burst())
+    assert sorted(answers) == [(200, "cloud")] * 18 + [(200, "local")] * 2, (answers, router.get("/health"))
+    assert len([r for r in local.requests if r["path"] == "/v1/chat/completions"]) == 2
+    health = router.get("/health")
+    assert [health["backends"][n]["inflight"] for n in ("local", "cloud")] == [0, 0]
+    assert health["local_reserved_bytes"] == 0
+
+
 @pytest.mark.parametrize("failure", ["down", "error", "ratelimit", "hang"])
 @pytest.mark.parametrize("failing", ["cloud", "local"])
 def test_clients_keep_getting_answers_while_a_backend_fails(start_router, backends, failing, failure):

@@ -477,6 +477,81 @@ def test_stop_ends_held_requests(backend, client, pool):
         pending.result(WAIT)
 
 
+# ------------------------------------------------------------- load signals
+
+def _get(backend: StandinBackend, path: str) -> tuple[int, str, str]:
+    """GET a root path (llama.cpp's /slots, /metrics): (status, Content-Type, body)."""
+    async def go() -> tuple[int, str, str]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(backend.url.removesuffix("/v1") + path) as response:
+                return response.status, response.headers.get("Content-Type", ""), await response.text()
+    return run(go())
+
+
+def _gauges(text: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_slots_and_metrics_follow_the_requests_in_flight(backend, client, pool):
+    status, kind, body = _get(backend, "/slots")
+    slots = json.loads(body)
+    assert status == 200 and kind.startswith("application/json")
+    assert len(slots) == standin.SLOTS and not any(s["is_processing"] for s in slots)
+    assert [s["id"] for s in slots] == list(range(standin.SLOTS))
+    assert all(s["n_ctx"] == standin.N_CTX and s["id_task"] == -1 for s in slots)
+    status, kind, body = _get(backend, "/metrics")
+    assert status == 200 and kind.startswith("text/plain")
+    assert _gauges(body) == {"llamacpp:requests_processing": 0, "llamacpp:requests_deferred": 0}
+
+    # Six requests held: four slots busy, two deferred.
+    backend.hold()
+    pending = [pool.submit(chat, client, f"HOLD {i}") for i in range(6)]
+    wait_for(lambda: backend.held == 6, "6 held requests")
+    assert backend.inflight == 6
+    assert [s["is_processing"] for s in json.loads(_get(backend, "/slots")[2])] == [True] * 4
+    assert _gauges(_get(backend, "/metrics")[2]) == {"llamacpp:requests_processing": 4,
+                                                    "llamacpp:requests_deferred": 2}
+    assert backend.load() == {"slots": 4, "busy": 4, "processing": 4, "deferred": 2}
+    backend.set_slots(8)
+    assert sum(s["is_processing"] for s in json.loads(_get(backend, "/slots")[2])) == 6
+    assert _gauges(_get(backend, "/metrics")[2])["llamacpp:requests_deferred"] == 0
+    backend.release()
+    assert all(f.result(WAIT).choices[0].message.content.startswith("local: HOLD") for f in pending)
+    wait_for(lambda: backend.inflight == 0, "nothing in flight")
+    assert not any(s["is_processing"] for s in json.loads(_get(backend, "/slots")[2]))
+
+
+def test_slots_and_metrics_can_be_set(backend):
+    backend.set_slots(2, busy=2)
+    assert [s["is_processing"] for s in json.loads(_get(backend, "/slots")[2])] == [True, True]
+    assert _gauges(_get(backend, "/metrics")[2]) == {"llamacpp:requests_processing": 2,
+                                                    "llamacpp:requests_deferred": 0}
+    backend.set_metrics(deferred=3)
+    assert _gauges(_get(backend, "/metrics")[2])["llamacpp:requests_deferred"] == 3
+    backend.set_metrics(processing=7, deferred=0)
+    assert _gauges(_get(backend, "/metrics")[2]) == {"llamacpp:requests_processing": 7,
+                                                    "llamacpp:requests_deferred": 0}
+    backend.set_slots(3, busy=1)
+    assert [s["is_processing"] for s in json.loads(_get(backend, "/slots")[2])] == [True, False, False]
+    backend.set_slots(0)
+    assert json.loads(_get(backend, "/slots")[2]) == []
+    for bad in (lambda: backend.set_slots(-1), lambda: backend.set_slots(2, busy=3),
+                lambda: backend.set_slots(2, busy=-1), lambda: backend.set_metrics(deferred=-1)):
+        with pytest.raises(ValueError):
+            bad()
+    # A mode applies to the load pages as to /v1/models: a poll sees what traffic sees.
+    backend.set_mode("error", status=503)
+    assert _get(backend, "/slots")[0] == 503 and _get(backend, "/metrics")[0] == 503
+    backend.set_mode("ratelimit")
+    assert _get(backend, "/slots")[0] == 429
+    backend.set_mode("ok")
+    assert _get(backend, "/slots")[0] == 200
+    assert [r["path"] for r in backend.requests].count("/slots") == 6
+    assert _get(backend, "/slots/0")[0] == 404
+
+
 # ------------------------------------------------------------- concurrency
 
 def test_concurrent_requests_are_all_recorded(backend, client, pool):
@@ -564,6 +639,45 @@ def test_process_mode_delay():
             assert time.monotonic() - started >= 0.2
         finally:
             c.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=WAIT)
+        process.stdout.close()
+        process.stderr.close()
+
+
+def test_process_mode_mode_and_slots():
+    process, url = _start_process("--name", "pc2", "--port", "0", "--mode", "error", "--slots", "2")
+    try:
+        async def go() -> tuple[int, int, str]:
+            async with aiohttp.ClientSession() as session:
+                async with session.post(f"{url}/chat/completions", json={
+                        "model": "m", "messages": [{"role": "user", "content": "x"}]}) as r:
+                    status = r.status
+                async with session.get(url.removesuffix("/v1") + "/slots") as r:
+                    return status, r.status, await r.text()
+        status, slots_status, _ = run(go())
+        assert (status, slots_status) == (500, 500)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=WAIT)
+        process.stdout.close()
+        process.stderr.close()
+    process, url = _start_process("--name", "pc2", "--port", "0", "--slots", "2")
+    try:
+        async def slots() -> list:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(url.removesuffix("/v1") + "/slots") as r:
+                    return await r.json()
+        assert [s["is_processing"] for s in run(slots())] == [False, False]
     finally:
         process.terminate()
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..router.command import router_on
 from ..settings import EVICT_ORDER
 
 ESSENTIAL = "essential"  # a tenant's evict class for an essential agent: never stopped for room
@@ -96,8 +97,8 @@ def for_host(manifest, host: str, agents=None) -> Table | None:
 def router_reserve(manifest, host: str) -> tuple[tuple[int, int], ...]:
     """What the router keeps free for its local models on `host` (router.gpu.reserve on
     router.gpu.device and on each peer's GPU there), when the router runs there."""
-    router = manifest.router
-    if router is None or router.host != host:
+    router = router_on(manifest, host)
+    if router is None:
         return ()
     settings = dict(router.settings)
     reserve = settings.get("gpu.reserve", 0)

@@ -6,8 +6,14 @@ from __future__ import annotations
 import os
 
 from .. import units
-from ..model import RouterSpec
+from ..model import Manifest, RouterSpec
 from .settings import ROUTER_SETTINGS, router_flag_value
+
+
+def router_on(manifest: Manifest, host: str) -> RouterSpec | None:
+    """The router section when the router runs on `host` (router.host), else None."""
+    router = manifest.router
+    return router if router is not None and router.host == host else None
 
 
 def router_command(router: RouterSpec, bin_dir: str, key_file: str | None = None) -> list[tuple[str, ...]]:

@@ -71,11 +71,14 @@ def _price(value: Any) -> float:
     return float(value)
 
 
+NUMBER_WORDS = ("nan", "inf", "infinity")  # backend names that would read as numbers in an option's text
+
+
 def _backend_name(value: Any) -> str:
     text = parsers.text(value)
-    if not BACKEND_NAME.match(text) or text == CLOUD:
-        raise ValueError(f"a backend name is lower-case letters, digits, '_' and '-' (at most 32), not 'cloud'; "
-                         f"got {parsers.show(value)}")
+    if not BACKEND_NAME.match(text) or text == CLOUD or text in NUMBER_WORDS:
+        raise ValueError(f"a backend name is lower-case letters, digits, '_' and '-' (at most 32), not 'cloud' "
+                         f"nor a number's word; got {parsers.show(value)}")
     return text
 
 
@@ -87,7 +90,8 @@ MODEL_FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "input_price": (_price, "input_price"),
     "output_price": (_price, "output_price"),
 }
-CLOUD_MODEL_FIELDS = {k: v for k, v in MODEL_FIELDS.items() if k != "kv_cache_per_token"}
+# A cloud model's window and KV cache are the cloud's business: the decision counts neither.
+CLOUD_MODEL_FIELDS = {k: v for k, v in MODEL_FIELDS.items() if k in ("above", "input_price", "output_price")}
 PEER_FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "url": (parsers.url, "url"),
     "max_inflight": (parsers.whole(1, 100_000), "max_inflight"),
@@ -103,7 +107,9 @@ PEER_MANIFEST_KEYS = ("host", "model", "models")
 
 def rules(value: Any) -> tuple[Rule, ...]:
     """The rule table: {PATTERN: SCORE | BACKEND}, in order (the first match wins)."""
-    if not isinstance(value, dict) or not value:
+    if value == {}:
+        raise ValueError("the rule table is empty: give at least one rule, or leave rules out for the default table")
+    if not isinstance(value, dict):
         raise ValueError(f"expected the rule table, a mapping of task types (or patterns such as training|fine_tuning) "
                          f"to a complexity score or a backend, got {parsers.show(value)}")
     out, problems = [], []
@@ -161,9 +167,16 @@ def tiers(cloud: bool) -> Callable[[Any], tuple[Model, ...]]:
     known = CLOUD_MODEL_FIELDS if cloud else MODEL_FIELDS
 
     def parse(value: Any) -> tuple[Model, ...]:
-        if not isinstance(value, list) or not value:
+        if value == []:
+            raise ValueError("the list of models is empty: give at least one, {name: ..., above: 0.5, ...}")
+        if not isinstance(value, list):
             raise ValueError(f"expected a list of models, each {{name: ..., above: 0.5, ...}}, got {parsers.show(value)}")
-        return tuple(parsers.each(enumerate(value), lambda _, item: _model(item, known)))
+        models = tuple(parsers.each(enumerate(value), lambda _, item: _model(item, known)))
+        names = [m.name for m in models]
+        twice = [(index,) for index, name in enumerate(names) if name in names[:index]]
+        if twice:
+            raise parsers.Many([(where, f"model {names[where[0]]!r} is listed already") for where in twice])
+        return models
     return parse
 
 
@@ -316,9 +329,7 @@ def peer_from_text(text: str) -> Peer:
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    return repr(value) if isinstance(value, float) else str(value)  # repr: every digit, so the value comes back
 
 
 def rule_text(rule: Rule) -> str:

@@ -172,7 +172,10 @@ def _view(raw: Any, config: PolicyConfig) -> View:
                 elif key == "inflight":
                     view.inflight[i] = _whole(value, 0, "a whole number of requests")
                 elif key == "gpu_free":
-                    view.gpu_free[i] = None if value is None else parse_size(value)
+                    if i >= len(config.locals):
+                        raise ValueError("the cloud has no GPU memory of ours")
+                    # 0 (or "0"): a full GPU, a real state; parse_size takes only positive sizes.
+                    view.gpu_free[i] = None if value is None else 0 if value in (0, "0") else parse_size(value)
                 elif key == "full":
                     view.full[i] = _flag(value)
                 else:
@@ -189,7 +192,7 @@ def _expect(raw: Any, config: PolicyConfig) -> tuple[str, str | None, str | None
         if key not in EXPECT_KEYS:
             raise _Field(f"expect.{key}", f"unknown key (known: {', '.join(EXPECT_KEYS)})")
     backend = raw.get("backend")
-    if backend not in config.index:
+    if not isinstance(backend, str) or backend not in config.index:
         raise _Field("expect.backend", f"expected a backend ({', '.join(config.index)}), got {json.dumps(backend)}")
     model = raw.get("model")
     if model is not None:

@@ -61,4 +61,7 @@ def read_key(path: str | None) -> str | None:
         if problem is not None:
             raise KeyFileError(problem)
         key = handle.read().strip()
+    if any(c.isspace() or not c.isprintable() for c in key):
+        # It goes into an HTTP header: a second line or a control character would fail every cloud request.
+        raise KeyFileError(f"the cloud API key file {path} holds more than the key: one line, no spaces")
     return key or None

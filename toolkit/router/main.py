@@ -78,7 +78,7 @@ def router_options(command: Callable) -> Callable:
         else:
             default = None if required or setting.default is None else router_flag_value(key, setting.default)[0]
         command = click.option(setting.flag, _param(setting.flag), type=SettingType(setting), required=required,
-                               default=default, multiple=setting.multiple, help=setting.help,
+                               default=default, multiple=setting.multiple, help=setting.text_help or setting.help,
                                show_default=not setting.multiple)(command)
     return command
 
@@ -100,6 +100,9 @@ def policy_of(o: dict[str, Any]) -> tuple[PolicyConfig, tuple[Endpoint, ...]]:
         return replace(m, context_window=m.context_window or window, kv_bytes_per_token=m.kv_bytes_per_token or kv)
 
     if o["local.models"]:
+        given = [f for f, key in (("--local-model", "local.model"), ("--small-model", "small.model")) if o[key]]
+        if given:
+            raise click.UsageError(f"--local-tier gives the local models: leave out {' and '.join(given)}")
         models = [local_tier(m) for m in o["local.models"]]
     elif o["local.model"]:
         models = [Model(o["local.model"], 0.0, window, kv)]
@@ -109,6 +112,8 @@ def policy_of(o: dict[str, Any]) -> tuple[PolicyConfig, tuple[Endpoint, ...]]:
     else:
         raise click.UsageError("give the local model: --local-model NAME, or its tiers, --local-tier 'NAME above=...'")
     if o["cloud.models"]:
+        if o["cloud.model"]:
+            raise click.UsageError("--cloud-tier gives the cloud models: leave out --cloud-model")
         cloud_models = list(o["cloud.models"])
     elif o["cloud.model"]:
         cloud_models = [Model(o["cloud.model"])]
@@ -130,10 +135,6 @@ def policy_of(o: dict[str, Any]) -> tuple[PolicyConfig, tuple[Endpoint, ...]]:
                               gpu_reserve=o["gpu.reserve"])
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    names = set(config.index) | {LOCAL}
-    for rule in config.rules:
-        if rule.backend is not None and rule.backend not in names:
-            raise click.UsageError(f"--rule {rule.pattern}={rule.backend}: no such backend ({', '.join(sorted(names))})")
     return config, tuple(endpoints)
 
 

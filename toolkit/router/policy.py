@@ -102,6 +102,16 @@ class PolicyConfig:
         for b in self.locals:
             if any(m.context_window is None or m.kv_bytes_per_token is None for m in b.models):
                 raise ValueError(f"backend {b.name}: every local model needs its context window and KV cache size")
+        for b in self.locals + (self.cloud,):
+            seen = [m.name for m in b.models]
+            if len(set(seen)) != len(seen):
+                raise ValueError(f"backend {b.name}: a model is listed twice ({', '.join(seen)})")
+        targets = set(names) | {LOCAL}
+        for r in self.rules:
+            if r.backend is not None and r.backend not in targets:
+                raise ValueError(f"rule {r.pattern}: no backend {r.backend!r} (backends: {', '.join(names)})")
+        if isinstance(self.unknown, str) and self.unknown != ESTIMATE and self.unknown not in targets:
+            raise ValueError(f"unknown: no backend {self.unknown!r} (backends: {', '.join(names)})")
         put = object.__setattr__
         put(self, "window", max(b.window for b in self.locals))
         put(self, "index", {name: i for i, name in enumerate(names)})
@@ -254,8 +264,6 @@ def decide(config: PolicyConfig, task: Task, view: View) -> Decision:
 
     # Headed local: the rule's backend if it has room, else the least loaded one with room.
     prefer = -1 if want == LOCAL else config.index[want]
-    gpu_free = view.gpu_free
-    reserve = config.gpu_reserve
     best = None
     best_load = 2.0
     why = None
@@ -269,10 +277,7 @@ def decide(config: PolicyConfig, task: Task, view: View) -> Decision:
         if inflight >= b.max_inflight or view.full[i]:
             why = why or "local_busy"
             continue
-        free = gpu_free[i]
-        if free is None:
-            free = b.capacity - view.reserved[i]
-        if free - reserve < model.kv_bytes_per_token * tokens:
+        if _free(config, view, i) < model.kv_bytes_per_token * tokens:
             why = why or "gpu_memory"
             continue
         if i == prefer:
@@ -288,6 +293,8 @@ def decide(config: PolicyConfig, task: Task, view: View) -> Decision:
 
 
 def _free(config: PolicyConfig, view: View, i: int) -> int:
+    """Free GPU bytes of local backend `i` for a request: NVML's figure, else its capacity less the
+    router's own reservations there; less the reserve either way."""
     free = view.gpu_free[i]
     if free is None:
         free = config.locals[i].capacity - view.reserved[i]

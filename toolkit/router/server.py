@@ -33,6 +33,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import aiohttp
 from aiohttp import web
@@ -154,12 +155,6 @@ class Router:
         # with one waiting long gets probed; when its circuit opens, they are given up and fail over.
         self._waiting: dict[str, dict[object, list]] = {name: {} for name in self.names}
 
-    def inflight(self, backend: str) -> int:
-        return self.view.inflight[self.config.index[backend]]
-
-    def is_cloud(self, backend: str) -> bool:
-        return backend == CLOUD
-
     # --- the decision ---------------------------------------------------------
 
     def select_backend(self, task: Task, view: View | None = None) -> Decision:
@@ -226,18 +221,24 @@ class Router:
         interval = self.settings.probe_interval
         idle_every = interval * 10
         stalled_after = interval * 2  # an attempt without a first byte this long: is the backend still there?
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            due = []
-            for name, breaker in self.breakers.items():
-                if (breaker.up and breaker.state == "closed" and now - self._last_traffic[name] < idle_every
-                        and not self._stalled(name, now - stalled_after)):
-                    continue
-                self._last_traffic[name] = now
-                due.append(self._probe(name))
-            if due:
-                await asyncio.gather(*due)  # one hung backend must not hold the others' probes
+        probing: dict[str, asyncio.Task] = {}  # a probe in progress per backend: a hung one holds no other
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                now = time.monotonic()
+                for name, breaker in self.breakers.items():
+                    if name in probing and not probing[name].done():
+                        continue
+                    if (breaker.up and breaker.state == "closed" and now - self._last_traffic[name] < idle_every
+                            and not self._stalled(name, now - stalled_after)):
+                        continue
+                    self._last_traffic[name] = now
+                    probing[name] = loop.create_task(self._probe(name))
+        finally:
+            for task in probing.values():
+                task.cancel()
+            await asyncio.gather(*probing.values(), return_exceptions=True)
 
     def _stalled(self, name: str, since: float) -> bool:
         """Whether an attempt has been waiting on `name` for its first byte since before `since`."""
@@ -248,6 +249,12 @@ class Router:
                                      connect=self.settings.connect_timeout)
 
     async def _probe(self, name: str) -> None:
+        try:
+            await self._probe_once(name)
+        except Exception:  # whatever a backend answers must not end the probe loop for every backend
+            log.exception("probing backend %s", name)
+
+    async def _probe_once(self, name: str) -> None:
         breaker = self.breakers[name]
         try:
             async with self.session.get(self.urls[name] + "/models", headers=self._headers[name],
@@ -265,9 +272,24 @@ class Router:
 
     async def _load_loop(self) -> None:
         """The peers' own load signals, every probe interval (a reading costs the backend no tokens)."""
-        while True:
-            await asyncio.gather(*(self._read_load(name) for name in self.loads))
-            await asyncio.sleep(self.settings.probe_interval)
+        reading: dict[str, asyncio.Task] = {}  # one reading in progress per peer: a hung one delays no other
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                for name in self.loads:
+                    if name not in reading or reading[name].done():
+                        reading[name] = loop.create_task(self._read_load_safely(name))
+                await asyncio.sleep(self.settings.probe_interval)
+        finally:
+            for task in reading.values():
+                task.cancel()
+            await asyncio.gather(*reading.values(), return_exceptions=True)
+
+    async def _read_load_safely(self, name: str) -> None:
+        try:
+            await self._read_load(name)
+        except Exception as exc:  # whatever a peer answers must not end its readings
+            log.error("reading the load of backend %s: %s", name, _describe(exc))
 
     async def _read_load(self, name: str) -> None:
         endpoint = self.endpoints[name]
@@ -295,8 +317,9 @@ class Router:
                 load.queued = queued
                 full = queued > 0
             load.error = None
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, ArithmeticError, RecursionError) as exc:
             # No reading says nothing about the load: the breaker and the in-flight limit still guard it.
+            # (ArithmeticError: a count of +Inf; RecursionError: JSON nested too deeply.)
             load.error = _describe(exc)
         load.at = time.monotonic()
         self.view.full[self.config.index[name]] = full
@@ -355,7 +378,7 @@ class Router:
             b = self.backends[name]
             i = self.config.index[name]
             out = dict(breaker.describe(), url=self.urls[name], up=breaker.up, inflight=self.view.inflight[i],
-                       models=[m.name for m in b.models], cooldown_seconds=breaker.open_for)
+                       models=[m.name for m in b.models], open_for_seconds=breaker.open_for)
             if name != CLOUD:
                 out.update(max_inflight=b.max_inflight, reserved_bytes=self.view.reserved[i],
                            gpu=("nvml" if self.endpoints[name].gpu is not None and self.gpu.available else "capacity"),
@@ -404,6 +427,7 @@ class Router:
                 await asyncio.sleep(pause)
                 failed.clear()
                 retry_after = 0.0
+                previous = None  # a new round: its first attempt is a retry, not a failover
                 continue
             if previous is not None and previous != backend:
                 self.metrics.failovers[previous, backend].inc()
@@ -423,39 +447,51 @@ class Router:
                           stream: bool, deadline: float) -> tuple[Opened | None, list[Failed]]:
         """One attempt, and with hedge_after a second on the next backend when the first is slow to its
         first byte: the winner (the first to answer) and the attempts that failed."""
-        first = asyncio.ensure_future(self._open(decision, task, path, body, stream, deadline))
-        tasks = [first]
-        settled = False
+        attempts: dict[asyncio.Task, Callable[[], None]] = {}  # each attempt and what gives its claim back
+
+        def attempt(d: Decision) -> asyncio.Task:
+            release = self._claim(d, task)
+            t = asyncio.ensure_future(self._open(d, release, path, body, stream, deadline))
+            attempts[t] = release
+            return t
+
+        first = attempt(decision)
+        winner = None
         try:
-            hedge_after = self.settings.hedge_after
+            # Streams only: a request that is not streamed has its whole answer as its first byte, and
+            # every generation longer than hedge_after would be sent twice.
+            hedge_after = self.settings.hedge_after if stream else None
             if hedge_after is not None:
                 done, _ = await asyncio.wait((first,), timeout=hedge_after)
                 second = None if done else self._decide(task, failed | {decision.backend})
                 if second is not None and second.backend != decision.backend and second.backend not in failed:
                     self.metrics.hedges[decision.backend, second.backend].inc()
-                    tasks.append(asyncio.ensure_future(self._open(second, task, path, body, stream, deadline)))
+                    attempt(second)
             results = []
-            pending = set(tasks)
+            pending = set(attempts)
             while pending and not any(isinstance(r, Opened) for r in results):
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                results += [t.result() for t in tasks if t in done]
-            settled = True
-            return _settled(results)
+                results += [t.result() for t in attempts if t in done]
+            winner, failures = _settled(results)
+            return winner, failures
         finally:
             # The loser of a hedge, or every attempt when the client went away: cancelled, their
-            # connections closed and in-flight counts given back.
-            for t in tasks:
+            # connections closed and their claims given back (a task cancelled before it ran never
+            # reached its own finally).
+            for t in attempts:
                 if not t.done():
                     t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if not settled:
-                for t in tasks:
-                    if not t.cancelled() and isinstance(t.exception() or t.result(), Opened):
-                        t.result().close()
+            await asyncio.gather(*attempts, return_exceptions=True)
+            for t, release in attempts.items():
+                result = None if t.cancelled() or t.exception() is not None else t.result()
+                if isinstance(result, Opened) and result is not winner:
+                    result.close()
+                elif result is not winner:
+                    release()
 
-    async def _open(self, decision: Decision, task: Task, path: str, body: dict, stream: bool,
-                    deadline: float) -> Opened | Failed:
-        """Send to one backend and wait for its first byte (a stream's first chunk, or a whole answer)."""
+    def _claim(self, decision: Decision, task: Task) -> Callable[[], None]:
+        """Count an attempt in its backend's in-flight figures now, in the same step as the decision (so that
+        a burst of requests sees each other's), and return what gives them back: once, however it ends."""
         backend = decision.backend
         i = self.config.index[backend]
         view = self.view
@@ -463,7 +499,7 @@ class Router:
         self._last_traffic[backend] = time.monotonic()
         view.inflight[i] += 1
         view.reserved[i] += reserved
-        held = True  # until release(): once, whichever way the attempt ends
+        held = True
 
         def release() -> None:
             nonlocal held
@@ -471,7 +507,12 @@ class Router:
                 held = False
                 view.inflight[i] -= 1
                 view.reserved[i] -= reserved
+        return release
 
+    async def _open(self, decision: Decision, release: Callable[[], None], path: str, body: dict, stream: bool,
+                    deadline: float) -> Opened | Failed:
+        """Send to one backend and wait for its first byte (a stream's first chunk, or a whole answer)."""
+        backend = decision.backend
         remaining = max(0.001, deadline - time.monotonic())
         wait = min(remaining, self.settings.first_byte_timeout if stream else self.settings.attempt_timeout)
         timeout = aiohttp.ClientTimeout(total=None, connect=min(wait, self.settings.connect_timeout),

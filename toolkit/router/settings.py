@@ -31,6 +31,7 @@ class RouterSetting:
     # option, read back with from_text and written with to_text.
     from_text: Callable[[str], Any] | None = None
     to_text: Callable[[Any], str] | None = None
+    text_help: str | None = None  # the option's help, where its text form differs from the manifest's
 
     @property
     def multiple(self) -> bool:
@@ -81,7 +82,7 @@ def _flag_text(parse: Callable[[Any], Any], value: Any) -> str:
     if parse is parsers.span:
         return values.format_span(value)
     if isinstance(value, float):
-        return f"{value:g}"
+        return repr(value)  # every digit: the router reads back the manifest's number
     return str(value)
 
 
@@ -110,7 +111,9 @@ ROUTER_SETTINGS: dict[str, RouterSetting] = {
                                   "the local models by complexity, each {name, above, context_window, "
                                   "kv_cache_per_token, input_price, output_price}",
                                   from_text=lambda text: config.model_from_text(text, cloud=False),
-                                  to_text=lambda m: config.model_text(m, cloud=False)),
+                                  to_text=lambda m: config.model_text(m, cloud=False),
+                                  text_help="a local model tier, 'NAME above=0.7 context_window=4096 "
+                                            "kv_cache_per_token=800K input_price=0 output_price=0' (repeat it)"),
     "local.context_window": RouterSetting(parsers.whole(1, 10_000_000), 8192, "--local-context-window",
                                           "tokens a local model takes, prompt and answer (a tier's default)"),
     "local.kv_cache_per_token": RouterSetting(parsers.size, 128 << 10, "--local-kv-per-token",
@@ -130,13 +133,18 @@ ROUTER_SETTINGS: dict[str, RouterSetting] = {
     "peers": RouterSetting(config.peers, None, "--peer",
                            "more local backends by name, each {url, host, models (or model), max_inflight, load, "
                            "gpu, capacity}",
-                           from_text=config.peer_from_text, to_text=config.peer_text),
+                           from_text=config.peer_from_text, to_text=config.peer_text,
+                           text_help="another local backend, 'NAME url=URL max_inflight=2 load=slots gpu=0 "
+                                     "capacity=8G; MODEL above=0.5 ...; MODEL ...' (gpu=N: NVML on this host; "
+                                     "repeat it)"),
     "cloud.url": RouterSetting(parsers.url, REQUIRED, "--cloud-url", "the cloud backend's OpenAI base URL"),
     "cloud.model": RouterSetting(parsers.model_name, None, "--cloud-model", "the cloud model (or its tiers, cloud.models)"),
     "cloud.models": RouterSetting(config.tiers(cloud=True), None, "--cloud-tier",
                                   "the cloud models by complexity, each {name, above, input_price, output_price}",
                                   from_text=lambda text: config.model_from_text(text, cloud=True),
-                                  to_text=lambda m: config.model_text(m, cloud=True)),
+                                  to_text=lambda m: config.model_text(m, cloud=True),
+                                  text_help="a cloud model tier, 'NAME above=0.9 input_price=2.5 output_price=10' "
+                                            "(repeat it)"),
     "cloud.api_key_file": RouterSetting(parsers.abs_path, None, None,
                                         "the file holding the cloud key (its owner alone may read it)"),
     # The router reads the key from the credential that LoadCredential= passes, not from the manifest's file.
@@ -146,6 +154,8 @@ ROUTER_SETTINGS: dict[str, RouterSetting] = {
     "rules": RouterSetting(config.rules, DEFAULT_RULES, "--rule",
                            "task type (or pattern, such as training|fine_tuning) -> complexity score or backend",
                            from_text=config.rule_from_text, to_text=config.rule_text,
+                           text_help="'PATTERN=SCORE' or 'PATTERN=BACKEND', the first match wins (repeat it; "
+                                     "given, it replaces the default table)",
                            shown="the reference's table"),
     "unknown": RouterSetting(config.unknown, config.ESTIMATE, "--unknown",
                              "how task types no rule matches are scored: estimate (from the request's size, answer "
@@ -164,8 +174,8 @@ ROUTER_SETTINGS: dict[str, RouterSetting] = {
     "first_byte_timeout": RouterSetting(parsers.span, 10_000_000, "--first-byte-timeout",
                                         "one backend's time to a stream's first byte before the request fails over"),
     "hedge_after": RouterSetting(parsers.span, None, "--hedge-after",
-                                 "with no first byte by then, send a second attempt to the next backend; the first "
-                                 "to answer wins (off unless set)"),
+                                 "a stream with no first byte by then gets a second attempt on the next backend; "
+                                 "the first to answer wins (off unless set)"),
     "connect_timeout": RouterSetting(parsers.span, 2_000_000, "--connect-timeout", "one backend's time to accept a connection",
                                      manifest=False),
     "max_request_size": RouterSetting(parsers.size, 1 << 20, "--max-request-size", "larger request bodies get a 413"),

@@ -72,7 +72,7 @@ from ...errors import AgentkitError
 from ...files import RenderedFile
 from ...model import Agent, Manifest
 from ...gpu import table as gpu_table
-from ...router.command import router_command
+from ...router.command import router_command, router_on
 from ...statusd import where as status_where
 from .config import AgentSpec, Config as ActivatorConfig
 
@@ -223,7 +223,7 @@ def check(manifest: Manifest) -> Iterator[Issue]:
         elif agent.name == units.STATUS_PROGRAM:
             yield Issue(agent.name, (), f"under supervisord the program name {units.STATUS_PROGRAM} is the "
                         "host's status service; rename the agent")
-        elif agent.name == ROUTER and manifest.router is not None and manifest.router.host == agent.host:
+        elif agent.name == ROUTER and router_on(manifest, agent.host) is not None:
             yield Issue(agent.name, (), f"under supervisord the program name {ROUTER} is the router's "
                         f"(router.host: {agent.host}); rename the agent")
         own_host = host_env[agent.host]
@@ -341,7 +341,7 @@ def plan_supervisord(manifest: Manifest, host: str, profile: str | None = None, 
             "private": privates.get(agent.name),
         })
     gpus = gpu_table.for_host(manifest, host, agents)
-    router = manifest.router if manifest.router is not None and manifest.router.host == host else None
+    router = router_on(manifest, host)
     context = {
         "fleet": manifest.name,
         "host": host,

@@ -23,6 +23,7 @@ from ... import files, graph, proc, ready, values
 from ...gpu import admission
 from ...errors import AgentkitError
 from ...model import Manifest
+from ...router.command import router_on
 from ...files import RenderedFile
 from .. import AgentStatus, Changes, rss
 from . import render
@@ -108,7 +109,7 @@ def _probes(agents, bin_dir: str) -> dict:
 
 def router_here(manifest: Manifest, host: str) -> bool:
     """Whether `host`'s supervisord runs the router (the program render.ROUTER)."""
-    return manifest.router is not None and manifest.router.host == host
+    return router_on(manifest, host) is not None
 
 
 def _router_probe(manifest: Manifest) -> tuple:

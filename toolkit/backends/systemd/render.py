@@ -14,7 +14,7 @@ import jinja2
 from ... import env as contract, escape, graph, programs, templating, units, values
 from ...files import RenderedFile
 from ...model import Manifest
-from ...router.command import model_names, router_command
+from ...router.command import model_names, router_command, router_on
 from ...gpu import table as gpu_table
 from ...statusd import where
 
@@ -158,7 +158,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
         for name in used_slices:
             files.append(RenderedFile(units.slice_(name), slice_t.render(
                 slice=manifest.slices[name], name=manifest.name, host=host)))
-        router = manifest.router if manifest.router is not None and manifest.router.host == host else None
+        router = router_on(manifest, host)
         if router is not None:
             local_models, cloud_models = model_names(router)
             files.append(RenderedFile(units.ROUTER, router_t.render(
