@@ -37,20 +37,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "router"))
 
 from standin import StandinBackend  # noqa: E402
+from steady import CHAT, Steady, post  # noqa: E402
 
 UNIT_SOFT_NOFILE = 1024  # what systemd gives a service without LimitNOFILE= (soft)
-CHAT = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "steady"}],
-                   "metadata": {"task_type": "simple_chat"}}).encode()
 
 
 def free_port() -> int:
@@ -123,60 +119,6 @@ class Router:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         self._log.close()
-
-
-def post(base: str, path: str, data: bytes, timeout: float = 10.0) -> tuple[int | None, str]:
-    """(status, body or error) of one POST on a fresh connection."""
-    request = urllib.request.Request(base + path, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, resp.read().decode(errors="replace")
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode(errors="replace")
-    except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, f"{type(reason).__name__}: {reason}"
-
-
-class Steady:
-    """A chat completion every 50 ms on a fresh connection, on a thread, until stopped (bounded)."""
-
-    def __init__(self, base: str, interval: float = 0.05, limit: float = 300.0):
-        self.base, self.interval, self.limit = base, interval, limit
-        self.ok = 0
-        self.failed: list[str] = []
-        self.slowest = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        end = time.monotonic() + self.limit
-        for _ in range(int(self.limit / self.interval) + 1):
-            if self._stop.is_set() or time.monotonic() > end:
-                break
-            started = time.monotonic()
-            status, text = post(self.base, "/v1/chat/completions", CHAT, timeout=10)
-            self.slowest = max(self.slowest, time.monotonic() - started)
-            if status == 200:
-                self.ok += 1
-            else:
-                self.failed.append(f"{status}: {text[:80]}")
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "Steady":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
-
-    def summary(self) -> str:
-        text = f"{self.ok} ok, {len(self.failed)} failed, slowest {self.slowest * 1000:.0f} ms"
-        if self.failed:
-            text += f" (first: {self.failed[0]})"
-        return text
 
 
 def open_idle(port: int, count: int, seconds: float) -> tuple[list[socket.socket], str]:

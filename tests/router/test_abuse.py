@@ -18,22 +18,18 @@ import os
 import re
 import resource
 import socket
-import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
 from agentkit.router import guard
 
 from helpers import wait_for
+from .steady import CHAT, Steady, post
 from .test_router import RouterProcess, backends  # noqa: F401  (backends: the stand-ins fixture)
 
 UNIT_SOFT_NOFILE = 1024  # systemd's default soft limit for a unit without LimitNOFILE=
 IDLE = 10_000
-CHAT = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "steady"}],
-                   "metadata": {"task_type": "simple_chat"}}).encode()
 BIG_HEADER = b"GET /health HTTP/1.1\r\nHost: router\r\nX-Big: " + b"a" * (1 << 20) + b"\r\n\r\n"
 MANY_HEADERS = (b"GET /health HTTP/1.1\r\nHost: router\r\n"
                 + b"".join(b"X-H%d: v\r\n" % i for i in range(1000)) + b"\r\n")
@@ -52,64 +48,6 @@ def soft_nofile(limit: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def post(base: str, path: str, data: bytes, timeout: float = 10.0) -> tuple[int | None, bytes | str]:
-    """(status, body) of one POST on a new connection; (None, what went wrong) when there is no answer."""
-    request = urllib.request.Request(base + path, data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (OSError, http.client.HTTPException) as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-
-
-class Steady:
-    """A chat completion every `interval` on a new connection, on a thread, until stopped (bounded)."""
-
-    def __init__(self, base: str, interval: float = 0.05, limit: float = 180.0):
-        self.base, self.interval, self.limit = base, interval, limit
-        self.ok = 0
-        self.failed: list[str] = []
-        self.slowest = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="steady-client", daemon=True)
-
-    def _run(self) -> None:
-        end = time.monotonic() + self.limit
-        for _ in range(int(self.limit / self.interval) + 1):
-            if self._stop.is_set() or time.monotonic() > end:
-                return
-            started = time.monotonic()
-            status, body = post(self.base, "/v1/chat/completions", CHAT)
-            self.slowest = max(self.slowest, time.monotonic() - started)
-            if status == 200:
-                self.ok += 1
-            else:
-                self.failed.append(f"{status}: {body!r:.120}")
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "Steady":
-        self._thread.start()
-        wait_for(lambda: self.ok or self.failed, "the steady client's first answer")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        deadline = time.monotonic() + 5  # at least 5 requests in every case, however short
-        for _ in range(100):
-            if self.ok + len(self.failed) >= 5 or time.monotonic() > deadline or not self._thread.is_alive():
-                break
-            time.sleep(0.05)
-        self._stop.set()
-        self._thread.join(30)
-
-    def check(self) -> None:
-        assert not self._thread.is_alive(), "the steady client did not stop"
-        assert self.failed == [], f"the steady client lost {len(self.failed)} of {self.ok + len(self.failed)}"
-        assert self.ok >= 5
 
 
 def closed_by_peer(sock: socket.socket) -> bool:

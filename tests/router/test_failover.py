@@ -24,24 +24,18 @@ fixture, also when a test fails.
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import os
-import signal
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import fail_or_skip
 from .standin import StandinBackend
+from .test_router import ROUTER, RouterProcess
 from helpers import wait_for
 
-ROUTER = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "agentkit-router"
 
 ATTEMPT_TIMEOUT = 0.6  # --attempt-timeout: a request that is not streamed
 FIRST_BYTE_TIMEOUT = 0.25  # --first-byte-timeout: a stream's first chunk
@@ -58,73 +52,15 @@ FAILOVER_REASON = {"local": "light_task", "pc2": "rule", "cloud": "cloud_down"}
 COMPLETIONS = ("/v1/chat/completions", "/v1/completions")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Router:
-    """agentkit-router as a subprocess on a free loopback port, with its log in the test's tmp dir."""
+class Router(RouterProcess):
+    """agentkit-router as in test_router.py, without NVML (an empty LD_LIBRARY_PATH first): the decision
+    uses the configured GPU capacity."""
 
     def __init__(self, args: list[str], tmp: Path):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.log = tmp / f"router-{self.port}.log"
-        self._log = open(self.log, "w")
-        program = str(ROUTER) if ROUTER.exists() else "agentkit-router"
-        # No NVML (an empty LD_LIBRARY_PATH first): the decision uses the configured GPU capacity.
-        env = dict(os.environ, LD_LIBRARY_PATH=str(tmp / "no-nvml"))
-        self.process = subprocess.Popen([program, "--listen", f"127.0.0.1:{self.port}"] + args, env=env,
-                                        stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.clients: list[openai.OpenAI] = []
-        wait_for(self._up, "the router to answer /health")
-
-    def _up(self):
-        if self.process.poll() is not None:
-            pytest.fail(f"the router exited ({self.process.returncode}):\n{self.log.read_text()}")
-        try:
-            return self.get("/health")
-        except OSError:
-            return None
-
-    def get(self, path: str):
-        try:
-            with urllib.request.urlopen(self.base + path, timeout=5) as resp:
-                data = resp.read()
-        except urllib.error.HTTPError as exc:
-            data = exc.read()
-        return data.decode() if path == "/metrics" else json.loads(data)
+        super().__init__(args, {"LD_LIBRARY_PATH": str(tmp / "no-nvml")}, tmp)
 
     def health(self, backend: str) -> dict:
         return self.get("/health")["backends"][backend]
-
-    def metrics(self) -> dict:
-        out = {}
-        for family in text_string_to_metric_families(self.get("/metrics")):
-            for sample in family.samples:
-                out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        return out
-
-    def client(self) -> openai.OpenAI:
-        client = openai.OpenAI(base_url=self.base + "/v1", api_key="not-a-key", max_retries=0, timeout=10)
-        self.clients.append(client)
-        return client
-
-    def close(self) -> str:
-        for client in self.clients:
-            client.close()
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=10)
-        self._log.close()
-        return self.log.read_text()
 
 
 def sample(metrics: dict, name: str, **labels) -> float:

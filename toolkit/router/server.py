@@ -445,8 +445,16 @@ class Router:
 
     async def _first_byte(self, task: Task, decision: Decision, failed: set[str], path: str, body: dict,
                           stream: bool, deadline: float) -> tuple[Opened | None, list[Failed]]:
-        """One attempt, and with hedge_after a second on the next backend when the first is slow to its
-        first byte: the winner (the first to answer) and the attempts that failed."""
+        """One attempt, and with hedge_after a second on the next backend when a stream's first is slow to its
+        first byte (streams only: a request that is not streamed has its whole answer as its first byte, and
+        every generation longer than hedge_after would be sent twice): the winner (the first to answer) and
+        the attempts that failed."""
+        hedge_after = self.settings.hedge_after if stream else None
+        if hedge_after is None:
+            # One attempt, in this task: no task of its own to make and schedule on the hot path (when its
+            # circuit opens, _breaker_changed cancels this task and _open turns that into a failure).
+            return _settled([await self._open(decision, self._claim(decision, task), path, body, stream,
+                                              deadline)])
         attempts: dict[asyncio.Task, Callable[[], None]] = {}  # each attempt and what gives its claim back
 
         def attempt(d: Decision) -> asyncio.Task:
@@ -458,15 +466,11 @@ class Router:
         first = attempt(decision)
         winner = None
         try:
-            # Streams only: a request that is not streamed has its whole answer as its first byte, and
-            # every generation longer than hedge_after would be sent twice.
-            hedge_after = self.settings.hedge_after if stream else None
-            if hedge_after is not None:
-                done, _ = await asyncio.wait((first,), timeout=hedge_after)
-                second = None if done else self._decide(task, failed | {decision.backend})
-                if second is not None and second.backend != decision.backend and second.backend not in failed:
-                    self.metrics.hedges[decision.backend, second.backend].inc()
-                    attempt(second)
+            done, _ = await asyncio.wait((first,), timeout=hedge_after)
+            second = None if done else self._decide(task, failed | {decision.backend})
+            if second is not None and second.backend != decision.backend and second.backend not in failed:
+                self.metrics.hedges[decision.backend, second.backend].inc()
+                attempt(second)
             results = []
             pending = set(attempts)
             while pending and not any(isinstance(r, Opened) for r in results):
