@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "router"))
 
 from standin import StandinBackend  # noqa: E402
-from steady import CHAT, Steady, post  # noqa: E402
+from steady import CHAT, Steady, closed_by_peer, post  # noqa: E402
 
 UNIT_SOFT_NOFILE = 1024  # what systemd gives a service without LimitNOFILE= (soft)
 
@@ -140,20 +140,6 @@ def open_idle(port: int, count: int, seconds: float) -> tuple[list[socket.socket
             break
         socks.append(s)
     return socks, note
-
-
-def closed_by_peer(sock: socket.socket) -> bool:
-    """True when the router closed or reset the connection (non-blocking peek)."""
-    sock.setblocking(False)
-    try:
-        data = sock.recv(1, socket.MSG_PEEK)
-        return data == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
 
 
 def scenario_idle(local, cloud, workdir: Path, count: int, extra: list[str]) -> dict:

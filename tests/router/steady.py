@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import threading
 import time
 import urllib.error
@@ -83,3 +84,16 @@ class Steady:
         assert not self._thread.is_alive(), "the steady client did not stop"
         assert self.failed == [], f"the steady client lost {len(self.failed)} of {self.ok + len(self.failed)}"
         assert self.ok >= self.least
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True once the router closed or reset the connection (a non-blocking peek)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)

@@ -25,7 +25,7 @@ import pytest
 from agentkit.router import guard
 
 from helpers import wait_for
-from .steady import CHAT, Steady, post
+from .steady import CHAT, Steady, closed_by_peer, post
 from .test_router import RouterProcess, backends  # noqa: F401  (backends: the stand-ins fixture)
 
 UNIT_SOFT_NOFILE = 1024  # systemd's default soft limit for a unit without LimitNOFILE=
@@ -48,19 +48,6 @@ def soft_nofile(limit: int):
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
-def closed_by_peer(sock: socket.socket) -> bool:
-    """True once the router closed or reset the connection (a non-blocking peek)."""
-    sock.setblocking(False)
-    try:
-        return sock.recv(1, socket.MSG_PEEK) == b""
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
 
 
 def exchange(port: int, data: bytes, timeout: float = 10.0) -> int | str:

@@ -44,7 +44,7 @@ from ..output import table
 from ..values import parse_size
 from . import main as router_main
 from . import policy
-from .inbound import MAX_TOKENS_LIMIT  # what a live request may say
+from .inbound import MAX_TOKENS_LIMIT, json_kind  # what a live request may say, and how it is named
 from .command import router_command
 from .config import CLOUD
 from .policy import PolicyConfig, Task, View
@@ -106,11 +106,6 @@ def load_policy(directory: str) -> tuple[PolicyConfig, str]:
 
 # --- the labelled file --------------------------------------------------------------------------
 
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
-            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
-
-
 def _whole(value: Any, low: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAX_TOKENS_LIMIT:
         raise ValueError(f"expected {what} ({low}-{MAX_TOKENS_LIMIT}), got {json.dumps(value)}")
@@ -119,13 +114,13 @@ def _whole(value: Any, low: int, what: str) -> int:
 
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_kind(value)}")
+        raise ValueError(f"expected true or false, got {json_kind(value)}")
     return value
 
 
 def _task(raw: Any) -> Task:
     if not isinstance(raw, dict):
-        raise _Field("task", f"expected an object of {', '.join(TASK_KEYS)}, got {_kind(raw)}")
+        raise _Field("task", f"expected an object of {', '.join(TASK_KEYS)}, got {json_kind(raw)}")
     task = Task()
     for key, value in raw.items():
         try:
@@ -158,13 +153,13 @@ def _task(raw: Any) -> Task:
 def _view(raw: Any, config: PolicyConfig) -> View:
     view = View.of(config)
     if not isinstance(raw, dict):
-        raise _Field("state", f"expected an object of backends ({', '.join(config.index)}), got {_kind(raw)}")
+        raise _Field("state", f"expected an object of backends ({', '.join(config.index)}), got {json_kind(raw)}")
     for name, entry in raw.items():
         if name not in config.index:
             raise _Field(f"state.{name}", f"no such backend (backends: {', '.join(config.index)})")
         i = config.index[name]
         if not isinstance(entry, dict):
-            raise _Field(f"state.{name}", f"expected an object of {', '.join(STATE_KEYS)}, got {_kind(entry)}")
+            raise _Field(f"state.{name}", f"expected an object of {', '.join(STATE_KEYS)}, got {json_kind(entry)}")
         for key, value in entry.items():
             try:
                 if key == "up":
@@ -187,7 +182,7 @@ def _view(raw: Any, config: PolicyConfig) -> View:
 
 def _expect(raw: Any, config: PolicyConfig) -> tuple[str, str | None, str | None]:
     if not isinstance(raw, dict):
-        raise _Field("expect", f"expected an object {{backend, model, reason}}, got {_kind(raw)}")
+        raise _Field("expect", f"expected an object {{backend, model, reason}}, got {json_kind(raw)}")
     for key in raw:
         if key not in EXPECT_KEYS:
             raise _Field(f"expect.{key}", f"unknown key (known: {', '.join(EXPECT_KEYS)})")
@@ -235,7 +230,7 @@ def read_cases(path: str, config: PolicyConfig) -> list[Case]:
             continue
         try:
             if not isinstance(raw, dict):
-                raise _Field("", f"expected an object {{id, task, state, expect}}, got {_kind(raw)}")
+                raise _Field("", f"expected an object {{id, task, state, expect}}, got {json_kind(raw)}")
             for key in raw:
                 if key not in CASE_KEYS:
                     raise _Field(key, f"unknown key (known: {', '.join(CASE_KEYS)})")
@@ -248,7 +243,7 @@ def read_cases(path: str, config: PolicyConfig) -> list[Case]:
             if "expect" not in raw:
                 raise _Field("expect", "missing: the expected backend, {\"backend\": NAME}")
             if "note" in raw and not isinstance(raw["note"], str):
-                raise _Field("note", f"expected text, got {_kind(raw['note'])}")
+                raise _Field("note", f"expected text, got {json_kind(raw['note'])}")
             task = _task(raw.get("task", {}))
             view = _view(raw.get("state", {}), config)
             backend, model, reason = _expect(raw["expect"], config)

@@ -61,7 +61,7 @@ def parse_body(raw: bytes) -> dict:
     except ValueError as exc:  # nothing else json.loads raises escapes as a 500 either
         raise RequestError(f"the request body cannot be read: {str(exc):.200}") from None
     if not isinstance(body, dict):
-        raise RequestError(f"the request body must be a JSON object, got {_kind(body)}")
+        raise RequestError(f"the request body must be a JSON object, got {json_kind(body)}")
     if long_numbers:
         where = _where(body, long_numbers[0])  # None: a key given twice, the long number overridden
         raise RequestError(f"{where or 'a value of the request body'} is a number of {long_numbers[0].digits} "
@@ -101,7 +101,8 @@ def _key(where: str, key: str) -> str:
     return path if len(path) <= 200 else "…" + path[-199:]
 
 
-def _kind(value: Any) -> str:
+def json_kind(value: Any) -> str:
+    """What a parsed JSON value is, in words: 'an object', 'an array', 'a number', ..."""
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
             int: "a number", float: "a number", _LongNumber: "a number"}.get(type(value), type(value).__name__)
 
@@ -114,7 +115,7 @@ def task_of(body: dict, kind: str, headers: Mapping[str, str]) -> Task:
         context_chars = _prompt_chars(body.get("prompt"))
     stream = body.get("stream", False)
     if not isinstance(stream, bool) and stream is not None:
-        raise RequestError(f"stream must be true or false, got {_kind(stream)}", "stream")
+        raise RequestError(f"stream must be true or false, got {json_kind(stream)}", "stream")
     max_tokens = None
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
@@ -130,7 +131,7 @@ def task_of(body: dict, kind: str, headers: Mapping[str, str]) -> Task:
     if metadata is None:
         metadata = {}
     elif not isinstance(metadata, dict):
-        raise RequestError(f"metadata must be an object, got {_kind(metadata)}", "metadata")
+        raise RequestError(f"metadata must be an object, got {json_kind(metadata)}", "metadata")
 
     def value_of(key: str) -> Any:
         if key in metadata:
@@ -184,7 +185,7 @@ def _messages_chars(messages: Any) -> int:
     total = 0
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise RequestError(f"messages[{index}] must be an object, got {_kind(message)}", f"messages[{index}]")
+            raise RequestError(f"messages[{index}] must be an object, got {json_kind(message)}", f"messages[{index}]")
         role = message.get("role")
         if not isinstance(role, str) or not role:
             raise RequestError(f"messages[{index}].role must be text such as \"user\"", f"messages[{index}].role")
@@ -201,9 +202,9 @@ def _messages_chars(messages: Any) -> int:
                 if isinstance(text, str):
                     total += len(text)
                 elif part["type"] == "text":
-                    raise RequestError(f"{where}.text must be text, got {_kind(text)}", f"{where}.text")
+                    raise RequestError(f"{where}.text must be text, got {json_kind(text)}", f"{where}.text")
         elif content is not None:
-            raise RequestError(f"messages[{index}].content must be text, an array of parts or null, got {_kind(content)}",
+            raise RequestError(f"messages[{index}].content must be text, an array of parts or null, got {json_kind(content)}",
                                f"messages[{index}].content")
     return total
 
