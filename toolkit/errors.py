@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
+
+# Characters that would end the line or move the terminal's cursor: C0 and C1 controls,
+# and Unicode's line and paragraph separators. A problem is one line of text, whatever
+# a file's name or a value in it holds.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with every unsafe character written as an escape (\\n, \\x1b)."""
+    return _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class AgentkitError(Exception):
@@ -23,7 +34,8 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        return one_line(text)
 
 
 class ManifestError(AgentkitError):

@@ -28,7 +28,7 @@ from .router import config as router_config
 from .router.settings import MANIFEST_SETTINGS, REQUIRED
 from .settings import (AGENT_SETTINGS, BUILTIN_SLICES, FLEET_SETTINGS, GROUP_SETTINGS, HOST_SETTINGS,
                        OPTIONAL_ONLY, PROFILE_SETTINGS, RESTART_SETTINGS, SLICE_SETTINGS, STATUS_SETTINGS)
-from .yamlsrc import INVALID, Document, load as load_yaml
+from .yamlsrc import INVALID, Document, read as read_yaml
 
 FLEET_FILE = "fleet.yaml"
 FLEET_FILES = (FLEET_FILE, "fleet.yml")
@@ -43,10 +43,12 @@ def _resolve_environment(check: "_Checker", doc: Document, path: tuple, env: dic
     resolved = {}
     for name, item in env.items():
         if isinstance(item, parsers.AddressOf):
-            if item.host not in hosts:
+            if item.host not in hosts and not check.hosts_unknown:
                 check.add(doc, path + (name, "address_of"),
                           f"unknown host {item.host!r} (hosts: {', '.join(hosts) or 'none'})")
                 continue
+            if item.host not in hosts:
+                continue  # the hosts: section itself is wrong, and says so
             item = HostAddress(item.host, hosts[item.host].address)
         resolved[name] = item
     return resolved
@@ -83,6 +85,11 @@ class _Checker:
 
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        # A section that is wrong as a whole (hosts: written as a list, a group file that is
+        # not a mapping) is reported once; the names it would have declared are then not
+        # known, and an "unknown host" or "unknown agent" for each use of one would be false.
+        self.hosts_unknown = False
+        self.agents_unknown = False
 
     def add(self, doc: Document, path: tuple, message: str) -> None:
         self.problems.append(doc.problem(path, message))
@@ -171,14 +178,7 @@ def _load(root: str) -> Manifest:
     check = _Checker()
     docs: dict[str, Document] = {}
     for name in _manifest_files(root):
-        path = os.path.join(root, name)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            check.problems.append(Problem(path, 0, "", f"cannot read: {exc}"))
-            continue
-        doc, problems = load_yaml(text, path)
+        doc, problems = read_yaml(os.path.join(root, name))
         check.problems.extend(problems)
         docs[name] = doc
     fleet_docs = [docs.pop(name) for name in FLEET_FILES if name in docs]
@@ -189,6 +189,13 @@ def _load(root: str) -> Manifest:
         check.problems.append(Problem(os.path.join(root, FLEET_FILE), 0, "",
                                       "missing: the fleet file declares the hosts, defaults and profiles"))
         raise ManifestError(check.problems)
+    if not fleet_doc.whole:
+        # Every other file names its hosts, and every other problem would be a guess.
+        raise ManifestError(check.problems)
+    if not all(doc.whole for doc in docs.values()):
+        # The agents of a file that cannot be read are unknown: a dependency on one of
+        # them, or a profile naming it, is not reported as an unknown agent.
+        check.agents_unknown = True
 
     fleet = check.mapping(fleet_doc, (), fleet_doc.data, "the fleet settings")
     check.known_keys(fleet_doc, (), fleet, FLEET_SETTINGS)
@@ -257,9 +264,7 @@ def problems(manifest: Manifest, issues: Iterable[checks.Issue]) -> ManifestErro
     check = _Checker()
     docs = {}
     for name in _manifest_files(manifest.root):
-        path = os.path.join(manifest.root, name)
-        with open(path, encoding="utf-8") as handle:
-            docs[name] = load_yaml(handle.read(), path)[0]
+        docs[name] = read_yaml(os.path.join(manifest.root, name))[0]
     fleet_doc = next(docs[name] for name in FLEET_FILES if name in docs)
     _locate(check, manifest, issues, fleet_doc, {doc.file: doc for doc in docs.values()})
     return ManifestError(check.problems)
@@ -315,7 +320,7 @@ def _read_router(check: _Checker, doc: Document, fleet: dict, hosts: dict[str, H
                                                  "(models: [{name: ..., above: ...}]), one of the two")
             ok = False
     host = settings.get("host")
-    if host is not None and host not in hosts:
+    if host is not None and host not in hosts and not check.hosts_unknown:
         check.add(doc, ("router", "host"), f"unknown host {host!r} (hosts: {', '.join(hosts)})")
         ok = False
     ok = _router_backends(check, doc, settings, hosts) and ok
@@ -335,7 +340,7 @@ def _router_backends(check: _Checker, doc: Document, settings: dict, hosts: dict
         if peer.name == router_config.LOCAL:
             check.add(doc, path, "'local' is the router's own backend (router.local): name the peer otherwise")
             ok = False
-        if where is not None and where not in hosts:
+        if where is not None and where not in hosts and not check.hosts_unknown:
             check.add(doc, path + ("host",), f"unknown host {where!r} (hosts: {', '.join(hosts)})")
             ok = False
         on_router_host = where is None or where == settings.get("host")
@@ -358,7 +363,9 @@ def _read_hosts(check: _Checker, doc: Document, fleet: dict) -> dict[str, Host]:
     hosts: dict[str, Host] = {}
     raw_hosts = check.mapping(doc, ("hosts",), fleet.get("hosts"), "the hosts")
     if not raw_hosts:
-        check.add(doc, ("hosts",), "declare at least one host, e.g. hosts: {myhost: {address: 127.0.0.1}}")
+        check.hosts_unknown = True
+        if fleet.get("hosts") is None or isinstance(fleet.get("hosts"), dict):
+            check.add(doc, ("hosts",), "declare at least one host, e.g. hosts: {myhost: {address: 127.0.0.1}}")
     for host_name, raw in raw_hosts.items():
         path = ("hosts", host_name)
         if not parsers.HOST_NAME.match(host_name):
@@ -426,6 +433,10 @@ def _read_agents(check: _Checker, docs: dict[str, Document], fleet_defaults: dic
     agents: dict[str, Agent] = {}
     declared: dict[str, Location] = {}
     for file_name, doc in docs.items():
+        if doc.data is not None and not isinstance(doc.data, dict) or (
+                isinstance(doc.data, dict) and doc.data.get("agents") not in (None, INVALID)
+                and not isinstance(doc.data["agents"], dict)):
+            check.agents_unknown = True
         data = check.mapping(doc, (), doc.data, "a group of agents")
         check.known_keys(doc, (), data, GROUP_SETTINGS)
         group = data.get("group", os.path.splitext(file_name)[0])
@@ -451,7 +462,15 @@ def _read_agents(check: _Checker, docs: dict[str, Document], fleet_defaults: dic
             agent = _build_agent(check, doc, path, agent_name, group, base, own, hosts, slices, offset)
             if agent is not None:
                 agents[agent_name] = agent
-    return agents, declared
+    return agents, (_AnyName(declared) if check.agents_unknown else declared)
+
+
+class _AnyName(dict):
+    """The agents declared, when a file's agents could not be read: any name may be one of
+    those, so no reference to an agent is reported unknown."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
 
 
 def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: str, base: dict, own: dict,
@@ -478,8 +497,9 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
         ok = False
     host = get("host")
     if ok and host not in hosts:
-        check.add(merged["host"][1], merged["host"][2],
-                  f"unknown host {host!r} (hosts: {', '.join(hosts) or 'none'})")
+        if not check.hosts_unknown:
+            check.add(merged["host"][1], merged["host"][2],
+                      f"unknown host {host!r} (hosts: {', '.join(hosts) or 'none'})")
         ok = False
     essential = get("essential")
     if essential:
@@ -611,7 +631,8 @@ def _read_profiles(check: _Checker, doc: Document, fleet: dict, agents: dict[str
         raw_groups = check.parse(doc, path + ("groups",), data.get("groups", []), parsers.names)
         for index, group in enumerate(raw_groups if raw_groups is not INVALID else ()):
             if group not in groups:
-                check.add(doc, path + ("groups", index), f"unknown group {group!r}{did_you_mean(group, groups)}")
+                if not check.agents_unknown:
+                    check.add(doc, path + ("groups", index), f"unknown group {group!r}{did_you_mean(group, groups)}")
             else:
                 chosen.update(n for n in groups[group] if agents[n].optional)
         profiles[profile_name] = Profile(profile_name, everything is True, frozenset(chosen))

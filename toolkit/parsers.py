@@ -64,12 +64,32 @@ def each(items, parse_item) -> list:
         raise Many(problems)
     return out
 
+# A unit file's line is at most 1 MiB (systemd 252 refuses to load the whole unit
+# otherwise), and exec() takes one word of at most 128 KiB. One text value, a command
+# and an environment stay well within both, whatever aliases repeat.
+MAX_TEXT = 65_536
+MAX_WORDS = 262_144  # a command's words together; an environment's names and values together
+
+
 def text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected text, got {show(value)}")
+    return _unit_text(value)
+
+
+def _unit_text(value: str) -> str:
+    """Text that a unit file can hold: one line, of at most MAX_TEXT characters."""
     if CONTROL.search(value):
         raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    if len(value) > MAX_TEXT:
+        raise ValueError(f"{len(value):,} characters long: at most {MAX_TEXT:,}")
     return value
+
+
+def _total(what: str, parts) -> None:
+    size = sum(len(part) for part in parts)
+    if size > MAX_WORDS:
+        raise ValueError(f"{what} is {size:,} characters long: at most {MAX_WORDS:,} in all")
 
 
 def boolean(value: Any) -> bool:
@@ -150,8 +170,9 @@ def cpu_weight(value: Any) -> int:
 
 
 def burst(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a whole number of starts, at least 1, got {show(value)}")
+    # StartLimitBurst= is an unsigned 32-bit number in systemd.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 0xFFFFFFFF:
+        raise ValueError(f"expected a whole number of starts from 1 to 4294967295, got {show(value)}")
     return value
 
 
@@ -167,9 +188,7 @@ def names(value: Any) -> tuple[str, ...]:
 def _word(_: int, item: Any) -> str:
     if isinstance(item, bool) or not isinstance(item, (str, int, float)):
         raise ValueError(f"every word of a command must be text, got {show(item)}")
-    if CONTROL.search(str(item)):
-        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
-    return str(item)
+    return _unit_text(str(item))
 
 
 def argv(value: Any) -> tuple[str, ...]:
@@ -178,6 +197,7 @@ def argv(value: Any) -> tuple[str, ...]:
     if not value:
         raise ValueError("the command is empty: give at least the program")
     words = each(enumerate(value), _word)
+    _total("the command", words)
     program = words[0]
     if "/" in program and not program.startswith(("/", "./", "../")):
         raise ValueError(f"the program must be an absolute path, a path relative to the manifest directory "
@@ -276,17 +296,16 @@ def _variable(name: str, item: Any) -> tuple[str, str | AddressOf]:
         item = "true" if item else "false"
     if item is None or not isinstance(item, (str, int, float)):
         raise ValueError(f"expected text or a number, got {show(item)} (write '' for empty)")
-    item = str(item)
-    if CONTROL.search(item):
-        raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
-    return name, item
+    return name, _unit_text(str(item))
 
 
 def environment(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping of NAME: value, got {show(value)}")
-    return dict(each(((name, (name, item)) for name, item in value.items()),
-                      lambda _, pair: _variable(*pair)))
+    out = dict(each(((name, (name, item)) for name, item in value.items()),
+                     lambda _, pair: _variable(*pair)))
+    _total("the environment", [name for name in out] + [v for v in out.values() if isinstance(v, str)])
+    return out
 
 
 def show(value: Any) -> str:
@@ -298,7 +317,12 @@ def show(value: Any) -> str:
         return "a list"
     if isinstance(value, (datetime.date, datetime.datetime)):
         return f"a date ({value}; quote it to keep it as text)"
-    return repr(value)
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() refuses past 4,300 digits
+        return f"a number of about {int(value.bit_length() * 0.30103) + 1:,} digits"
+    shown = repr(value)
+    if len(shown) > 80:  # the problem stays one readable line
+        return f"{shown[:60]}... ({len(value) if isinstance(value, str) else len(shown):,} characters)"
+    return shown
 
 
 

@@ -17,6 +17,10 @@ _SPAN_UNITS_US = {
     "d": 86_400_000_000, "day": 86_400_000_000, "days": 86_400_000_000,
     "w": 604_800_000_000, "week": 604_800_000_000, "weeks": 604_800_000_000,
 }
+# The longest span: poll() and epoll_wait(), which agentkit's own waits end in, take
+# a timeout in 32-bit milliseconds (24.8 days). systemd holds longer ones, but a
+# timeout or an idle time of weeks is a typo rather than a plan.
+MAX_SPAN_US = 24 * 86_400_000_000
 _SPAN_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zµμ]*)")
 
 
@@ -27,6 +31,8 @@ def parse_span(value: object) -> int:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError(f"a time span cannot be negative, got {value!r}")
+        if not value * 1_000_000 <= MAX_SPAN_US:  # also nan and inf
+            return _bounded_span(MAX_SPAN_US + 1, value)
         return round(value * 1_000_000)
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected a time span like '30s' or '5min', got {value!r}")
@@ -38,9 +44,17 @@ def parse_span(value: object) -> int:
         number, unit = match.groups()
         if unit not in _SPAN_UNITS_US and unit != "":
             raise ValueError(f"{value!r}: unknown time unit {unit!r} (use us, ms, s, min, h, d or w)")
+        if len(number) > 20:  # float() would make it inf
+            return _bounded_span(MAX_SPAN_US + 1, value[:40])
         total += round(float(number) * _SPAN_UNITS_US.get(unit, 1_000_000))
         pos = match.end()
-    return total
+    return _bounded_span(total, value)
+
+
+def _bounded_span(usec: int, value: object) -> int:
+    if usec > MAX_SPAN_US:
+        raise ValueError(f"{value!r} is too long: a time span is at most 24 days (24d)")
+    return usec
 
 
 def seconds(usec: int) -> float:
@@ -57,6 +71,9 @@ def format_span(usec: int) -> str:
 
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+# The largest size systemd 252 takes: parse_size() stops at 2^64 bytes, and
+# MemoryMax=18446744073709551615 (2^64 - 1, its own "infinity") is refused too.
+MAX_BYTES = (1 << 64) - 2
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?$", re.IGNORECASE)
 
 
@@ -70,7 +87,7 @@ def parse_size(value: object, *, percent: bool = False) -> int | str:
     if isinstance(value, int):
         if value <= 0:
             raise ValueError(f"a size must be positive, got {value}")
-        return value
+        return _bounded_size(value, value, percent)
     if not isinstance(value, str):
         raise ValueError(f"expected a size like '512M' or '4G', got {value!r}")
     text = value.strip()
@@ -89,9 +106,17 @@ def parse_size(value: object, *, percent: bool = False) -> int | str:
         hint = ", a percentage like '80%' or 'infinity'" if percent else ""
         raise ValueError(f"{value!r} is not a size systemd understands (try '512M' or '4G'{hint})")
     number, unit = match.groups()
-    size = int(float(number) * _SIZE_UNITS[unit.upper()])
+    size = int(float(number) * _SIZE_UNITS[unit.upper()]) if len(number) < 30 else MAX_BYTES + 1
     if size <= 0:
         raise ValueError(f"a size must be positive, got {value!r}")
+    return _bounded_size(size, value, percent)
+
+
+def _bounded_size(size: int, value: object, percent: bool) -> int:
+    if size > MAX_BYTES:
+        shown = repr(value) if len(str(value)) <= 40 else f"{str(value)[:30]}... ({len(str(value)):,} characters)"
+        raise ValueError(f"{shown} is more than systemd can hold: at most 16383P"
+                         + (", or infinity for no limit" if percent else ""))
     return size
 
 
