@@ -233,6 +233,14 @@ def test_names_with_spaces_escapes_and_line_separators_are_quoted(tmp_path):
         "agentkit: 3 problems in the manifest"]
 
 
+def test_a_name_of_a_megabyte_is_shown_by_its_start(tmp_path):
+    # An explicit key ('? KEY'): a plain or quoted one is at most 1,024 characters in YAML.
+    manifest(tmp_path, {"g.yaml": f"host: alpha\nagents:\n  ? {'N' * 1_000_000}\n  : {{command: [/bin/true], port: 1}}\n"})
+    assert validate(tmp_path) == [
+        f'agents/g.yaml:3: agents."{"N" * 60}... (1,000,000 characters)": an agent name becomes a unit name: '
+        "letters, digits, '_', '.' and '-', at most 200", SUMMARY_ONE]
+
+
 def test_a_file_name_with_a_newline_stays_on_its_line(tmp_path):
     manifest(tmp_path, {"bad\nname.yaml": "agents: [\n"})
     assert validate(tmp_path) == [
@@ -301,6 +309,24 @@ def test_the_bounds_themselves_are_values_systemd_takes(tmp_path, systemd_analyz
                             capture_output=True, text=True, timeout=BOUND)
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
     assert values.parse_size("16383P") == values.MAX_BYTES - (1 << 50) + 2
+
+
+def test_a_router_rule_that_backtracks_for_ever_is_refused(tmp_path):
+    """Clients choose the task type a rule's pattern is matched against: '(a+)+$' against 30
+    a's and a '!' would hold the router's event loop for hours."""
+    manifest(tmp_path, {}, fleet=FLEET + textwrap.dedent("""\
+        router:
+          host: alpha
+          local: {url: 'http://127.0.0.1:8080/v1', model: m}
+          cloud: {url: 'https://cloud.test/v1', model: c}
+          rules:
+            summarize: 0.2
+            '(a+)+$': cloud
+            'training|fine_tuning': cloud
+        """))
+    assert validate(tmp_path) == [
+        "agents/fleet.yaml:9: router.rules.(a+)+$: '(a+)+$' repeats a repetition, such as (a+)+: matching it "
+        "against a task type could take exponential time; write it without the nested repeat", SUMMARY_ONE]
 
 
 # --- one broken file, and the problems that would follow from it ----------------------------

@@ -65,7 +65,9 @@ def dotted(path: Path) -> str:
             out += f"[{part}]"
             continue
         part = str(part)
-        if not (_BARE_KEY.match(part) and part.isprintable()):
+        if len(part) > 80:  # a key of a megabyte stays a readable line
+            part = json.dumps(f"{part[:60]}... ({len(part):,} characters)")
+        elif not (_BARE_KEY.match(part) and part.isprintable()):
             part = json.dumps(part)  # agents."a b", agents."A\nB"
         out += f".{part}" if out else part
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from re import _constants as re_constants, _parser as re_parser  # the pattern's parse tree, as re builds it
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -127,9 +128,15 @@ def rule(pattern: Any, target: Any) -> Rule:
     if not isinstance(pattern, str) or not pattern:
         raise ValueError(f"a task type or pattern is text, got {parsers.show(pattern)}")
     try:
+        parsed = re_parser.parse(pattern)
         re.compile(pattern)
     except re.error as exc:
         raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+    if _nested_repeat(parsed):
+        # Clients choose the task type (up to 200 characters): '(a+)+' against 'aaa...!'
+        # backtracks for ever, and Python's re has no time limit.
+        raise ValueError(f"{pattern!r} repeats a repetition, such as (a+)+: matching it against a task type "
+                         "could take exponential time; write it without the nested repeat")
     if isinstance(target, str):
         return Rule(pattern, None, _target(target))
     try:
@@ -137,6 +144,30 @@ def rule(pattern: Any, target: Any) -> Rule:
     except ValueError:
         raise ValueError(f"expected a complexity score from 0 to 1, or a backend (local, cloud or a peer's name), "
                          f"got {parsers.show(target)}") from None
+
+
+_REPEATS = (re_constants.MAX_REPEAT, re_constants.MIN_REPEAT, re_constants.POSSESSIVE_REPEAT)
+
+
+def _nested_repeat(parsed, inside: bool = False) -> bool:
+    """Whether a repeat (of more than one) holds another: the star height that makes a
+    backtracking matcher exponential."""
+    for op, av in parsed:
+        if op in _REPEATS:
+            low, high, body = av
+            many = high > 1
+            if (inside and many) or _nested_repeat(body, inside or many):
+                return True
+        elif op == re_constants.SUBPATTERN:
+            if _nested_repeat(av[-1], inside):
+                return True
+        elif op == re_constants.BRANCH:
+            if any(_nested_repeat(branch, inside) for branch in av[1]):
+                return True
+        elif op in (re_constants.ASSERT, re_constants.ASSERT_NOT):
+            if _nested_repeat(av[1], inside):
+                return True
+    return False
 
 
 def _target(text: str) -> str:
