@@ -40,6 +40,38 @@ def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
         raise
 
 
+# atomic_write's temporary files: "." + the file's name + "." + mkstemp's 8 random characters.
+TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
+
+
+def stale_temp_files(directory: str, ours: re.Pattern[str] = OURS) -> list[str]:
+    """The temporary files atomic_write left in `directory` for files named like `ours` (a writer
+    killed between mkstemp and rename leaves one): regular files only, sorted. Nothing else."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        match = TEMP.match(name)
+        if match and ours.match(match.group("name")) and os.path.isfile(os.path.join(directory, name)) \
+                and not os.path.islink(os.path.join(directory, name)):
+            found.append(name)
+    return sorted(found)
+
+
+def remove_stale_temp_files(directory: str, ours: re.Pattern[str] = OURS) -> list[str]:
+    """Delete what stale_temp_files() finds; the caller must be the only writer (hold the lock)."""
+    removed = []
+    for name in stale_temp_files(directory, ours):
+        try:
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def foreign_files(directory: str, ours: re.Pattern[str] = OURS) -> list[str]:
     if not os.path.isdir(directory):
         return []
