@@ -26,6 +26,14 @@ STARTED = time.monotonic()
 MiB = 1024 * 1024
 PAGE = 4096
 DEFAULT_CHAIN_TIMEOUT = 30.0
+# On SIGTERM the agent stops accepting, finishes the request it is answering, then answers what
+# its connected clients send until none has sent anything for DRAIN_QUIET seconds (a request
+# accepted just before the signal is still on its way in). All within STOP_GRACE seconds of the
+# signal (well under systemd's TimeoutStopSec=, 90 s): work still running then is cut short and
+# answered with an error, so a client always gets an answer and a stop is bounded.
+DRAIN_QUIET = 0.2
+FLUSH = 0.1
+STOP_GRACE = 5.0
 ACTIVATIONS = ("none", "native", "proxy")
 
 
@@ -39,6 +47,10 @@ class BadRequest(Exception):
 
 class StartError(Exception):
     """A port we cannot listen on, and the like: exit status 1, so systemd restarts us."""
+
+
+class CutShort(Exception):
+    """A request still running STOP_GRACE seconds after SIGTERM: answered with ok: false."""
 
 
 class Stop(BaseException):
@@ -176,6 +188,11 @@ class Signals:
 
     def check(self):
         """Raise Stop if a stop signal came, whether or not its Python handler has run yet."""
+        if self.poll() is not None:
+            raise Stop(self.received)
+
+    def poll(self):
+        """The stop signal's name if one came, else None."""
         if self.received is None:
             try:
                 data = self.reader.recv(64)
@@ -183,8 +200,7 @@ class Signals:
                 data = b""
             if data:
                 self.received = signal.Signals(data[0]).name
-        if self.received is not None:
-            raise Stop(self.received)
+        return self.received
 
     def ignore(self):
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -232,10 +248,14 @@ class Agent:
         self.signals = signals
         self.pid = os.getpid()
         self.requests = 0
+        self.busy = False  # answering a request: a SIGTERM waits until it is answered
+        self.stop_by = None  # STOP_GRACE after the SIGTERM
         self.ballast = None
         self.gpu = None  # CudaMemory, with --gpu-allocate: released when the process exits
         self.zmq = self.ctx = self.rep = self.health = None
         self.endpoint = ""
+        self.listen_fd = None  # the listening fd handed to libzmq (systemd's, or our private one)
+        self.swapped = False  # stop_accepting() put another socket under listen_fd
 
     # -- life cycle
 
@@ -269,14 +289,22 @@ class Agent:
             # The endpoint only has to parse then; a wildcard one needs no lookup.
             self.private = listen_private(*config.bind)
             self.rep.setsockopt(zmq.USE_FD, self.private.fileno())
+            self.listen_fd = self.private.fileno()
             bind_to = f"tcp://*:{config.bind[1]}"
         else:
             self.endpoint = f"tcp://*:{config.port}"
             fd = pick_agent_fd(listen_fds(os.environ)) if config.activation == "native" else None
-            if fd is not None:
+            if fd is None and config.activation == "none":
+                # Our own listening socket, handed over like systemd's: stop_accepting() can then
+                # close it without closing the connections accepted already.
+                self.private = listen_private("0.0.0.0", config.port)
+                self.rep.setsockopt(zmq.USE_FD, self.private.fileno())
+                self.listen_fd = self.private.fileno()
+            elif fd is not None:
                 check_listening(fd)
                 # libzmq takes the fd systemd listens on as it is; the endpoint must still parse.
                 self.rep.setsockopt(zmq.USE_FD, fd)
+                self.listen_fd = fd
                 how = f"fd {fd} from systemd"
         try:
             self.rep.bind(bind_to or self.endpoint)
@@ -293,7 +321,22 @@ class Agent:
         log(f"{config.name}: ready in {(time.monotonic() - STARTED) * 1000:.0f} ms since import: {status}")
 
     def serve(self):
-        """Answer requests until SIGTERM or, in native mode, until idle for AGENTKIT_IDLE_STOP."""
+        """Answer requests until SIGTERM or, in native mode, until idle for AGENTKIT_IDLE_STOP.
+
+        On SIGTERM (a restart, an upgrade, a stop) no request is dropped: the agent stops
+        accepting (natively the listening socket stays with systemd, whose queue holds new
+        clients for the next instance), finishes the request it is answering, answers what its
+        connected clients have sent, and only then exits (Stop goes on to main())."""
+        try:
+            self._serve()
+        except Stop as stop:
+            log(f"{self.config.name}: {stop}, finishing the requests in flight")
+            self.notify.send("STOPPING=1", f"STATUS={stop}: finishing the requests in flight")
+            answered = self.drain(DRAIN_QUIET)
+            log(f"{self.config.name}: answered {answered} request(s) in flight")
+            raise
+
+    def _serve(self):
         rep, idle = self.rep, self.config.idle_stop
         poller = self.poller(rep)
         last = time.monotonic()
@@ -320,30 +363,89 @@ class Agent:
         return poller
 
     def tick(self, now=None):
-        """Between slices of any work: the watchdog, and SIGTERM."""
+        """Between slices of any work: the watchdog, and SIGTERM. A request being answered is
+        finished first (the serve loop stops after it), unless STOP_GRACE is over: CutShort."""
         self.notify.tick(now)
-        self.signals.check()
+        received = self.signals.poll()
+        if received is None:
+            return
+        now = time.monotonic() if now is None else now
+        if self.stop_by is None:
+            self.stop_by = now + STOP_GRACE
+        if not self.busy:
+            raise Stop(received)
+        if now >= self.stop_by:
+            raise CutShort(f"{self.config.name} is stopping ({received}): the request was cut short "
+                           f"{STOP_GRACE:g} s after it")
 
     def answer_one(self):
         frames = self.rep.recv_multipart()
         self.requests += 1
-        self.rep.send(self.handle(frames))
+        self.busy = True
+        try:
+            reply = self.handle(frames)
+        finally:
+            self.busy = False
+        self.rep.send(reply)
+
+    def stop_accepting(self):
+        """Accept no more connections; those accepted already stay, and what their clients send
+        still arrives. zmq_unbind() would also close those (what a client sent and we had not
+        read yet would be lost, and it would wait for an answer forever): so the listening fd
+        libzmq accepts on is replaced, under the same number, by a listening socket nobody
+        connects to. Natively the socket itself stays with systemd, whose queue holds new
+        clients for the next instance; our private one (proxy mode) closes."""
+        if self.listen_fd is not None:
+            dummy = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                dummy.bind(("127.0.0.1", 0))
+                dummy.listen(1)
+                dummy.setblocking(False)
+                os.dup2(dummy.fileno(), self.listen_fd, inheritable=False)
+                self.swapped = True
+                return
+            except OSError:
+                pass  # then unbind, as without a handed-over fd
+            finally:
+                dummy.close()
+        try:
+            self.rep.unbind(self.rep.getsockopt_string(self.zmq.LAST_ENDPOINT))
+        except self.zmq.ZMQError:
+            pass
+
+    def drain(self, quiet):
+        """Answer the requests of connected clients until none came for `quiet` seconds, and
+        (after a SIGTERM) until STOP_GRACE is over at most: the number answered."""
+        self.busy = True  # no second Stop from tick(): we are on our way out already
+        self.stop_accepting()
+        answered = 0
+        end = self.stop_by if self.stop_by is not None else time.monotonic() + STOP_GRACE
+        while True:
+            now = time.monotonic()
+            self.notify.tick(now)
+            if now >= end or not self.rep.poll(int(min(quiet, end - now) * 1000) + 1, self.zmq.POLLIN):
+                return answered
+            frames = self.rep.recv_multipart()
+            self.requests += 1
+            self.rep.send(self.handle(frames))
+            answered += 1
 
     def stop_when_idle(self):
         log(f"{self.config.name}: no request for {self.config.idle_stop:g} s, stopping")
         self.notify.send(f"STATUS=idle for {self.config.idle_stop:g} s, stopping")
         # Stop accepting first: from here on new connections wait in systemd's socket
         # and start the next instance. Then answer what connected peers already sent.
-        try:
-            self.rep.unbind(self.rep.getsockopt_string(self.zmq.LAST_ENDPOINT))
-        except self.zmq.ZMQError:
-            pass
-        while self.rep.poll(0, self.zmq.POLLIN):
-            self.answer_one()
+        self.drain(DRAIN_QUIET)
 
     def close(self):
         if self.health is not None:
             self.health.close()
+        if self.swapped:
+            # libzmq must not tear its listener down now (its poller's entry is for the socket
+            # that was under the fd: it would abort); main() exits without it, once the last
+            # replies had FLUSH seconds to leave (loopback or LAN: far less is needed).
+            time.sleep(FLUSH)
+            return
         if self.rep is not None:
             self.rep.close(linger=500)  # let the last reply leave
         if self.ctx is not None:
@@ -361,7 +463,7 @@ class Agent:
         import json  # already loaded by zmq: a dictionary look-up
         try:
             reply = self.dispatch(frames)
-        except BadRequest as exc:
+        except (BadRequest, CutShort) as exc:
             reply = {"ok": False, "error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - a bad request must never take the agent down
             reply = {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
@@ -494,6 +596,9 @@ def main(argv=None):
         notifier.send("STOPPING=1")
         agent.close()
         notifier.close()
+    if agent.swapped:
+        logging.shutdown()
+        os._exit(status)  # see Agent.close()
     return status
 
 
