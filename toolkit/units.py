@@ -13,6 +13,7 @@ TARGET = "agentkit.target"  # the deployment on a host: wanted by multi-user.tar
 ROOT_SLICE = "agentkit.slice"
 REARM = "agentkit-rearm@"  # template units that make a failed socket listen again
 ROUTER = "agentkit-router.service"
+ROUTER_SOCKET = "agentkit-router.socket"
 ROUTER_PROGRAM = "agentkit-router"
 STATUS = "agentkit-status.service"  # the host's status service: /health, /metrics, /events, the page
 STATUS_PROGRAM = "agentkit-status"

@@ -205,7 +205,8 @@ def test_the_checks_pass_on_mainpc_as_installed_and_name_each_breakage(container
     edited = f"agentkit-{waker.name}.socket"
     path = c.root / "etc/systemd/system" / edited
     path.write_text(path.read_text() + "# tuned by hand\n")
-    c.systemctl("stop", "agentkit-router.service")
+    # The socket too: while it listens, the first connection (the check's own) would start the router again.
+    c.systemctl("stop", "agentkit-router.socket", "agentkit-router.service")
     run = checks(c, "--hosts=local://", "--agentkit-host", "mainpc")
     assert_fails(run, {"test_units_match_manifest[mainpc]", "test_router_runs[mainpc-router]",
                        "test_router_health_answers[mainpc-router-health]"},

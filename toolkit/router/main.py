@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import sys
 from dataclasses import replace
 from typing import Any, Callable
@@ -186,6 +187,16 @@ def run() -> None:
         main()
 
 
+def _inherited_socket() -> socket.socket | None:
+    """The listening socket systemd passes (agentkit-router.socket, LISTEN_FDS=1 at fd 3), or
+    None: under supervisord, or started by hand, the router binds its port itself."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        return None
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):  # not for the router's children
+        os.environ.pop(name, None)
+    return socket.socket(fileno=3)
+
+
 async def serve(settings: Settings, host: str, port: int, gpu_interval: float, gpu_stale_after: float) -> int:
     log = logging.getLogger(units.ROUTER_PROGRAM)
     gpu = GpuSampler(interval=gpu_interval, stale_after=gpu_stale_after)
@@ -207,7 +218,9 @@ async def serve(settings: Settings, host: str, port: int, gpu_interval: float, g
     await runner.setup()
     notifier = Notifier(os.environ)
     try:
-        site = web.TCPSite(runner, host, port, backlog=4096, reuse_address=True)
+        inherited = _inherited_socket()
+        site = (web.SockSite(runner, inherited) if inherited is not None
+                else web.TCPSite(runner, host, port, backlog=4096, reuse_address=True))
         try:
             await site.start()
         except OSError as exc:

@@ -49,7 +49,7 @@ def test_reference_fleet_renders_77_services_and_53_sockets():
     names = [f.path for planned in plans.values() for f in planned if "@" not in f.path]
     # And the router on mainpc; on each host the status service and the unit that makes its user.
     assert len([n for n in names if n.endswith(".service")]) == 77 + 1 + 2 * 2
-    assert len([n for n in names if n.endswith(".socket")]) == 53
+    assert len([n for n in names if n.endswith(".socket")]) == 53 + 1  # and the router's
     assert {h: len([f for f in p if f.path.endswith(".service") and "@" not in f.path])
             for h, p in plans.items()} == {"mainpc": 55 + 1 + 2, "pc2": 22 + 2}
 
@@ -69,11 +69,12 @@ def test_profile_installs_essentials_and_the_chosen_agents_with_their_dependenci
     sockets = sorted(f.path for planned in plans.values() for f in planned if f.path.endswith(".socket"))
     # VisionProcessingAgent needs CacheManager, an optional agent outside the profile's group.
     assert sockets == ["agentkit-CacheManager.socket", "agentkit-FaceRecognitionAgent.socket",
-                       "agentkit-VisionProcessingAgent.socket"]
+                       "agentkit-VisionProcessingAgent.socket", "agentkit-router.socket"]
     services = [f for planned in plans.values() for f in planned if f.path.endswith(".service") and "@" not in f.path]
     assert len(services) == 24 + 3 + 1 + 2 * 2  # the router, and each host's status service and its user's unit
     _, core = _plan_all("reference", GOLDEN_BIN, profile="core")
-    assert not [f for planned in core.values() for f in planned if f.path.endswith(".socket")]
+    assert [f.path for planned in core.values() for f in planned if f.path.endswith(".socket")] == [
+        "agentkit-router.socket"]  # no optional agent's
 
 
 def test_commands_are_never_wrapped_in_a_shell():

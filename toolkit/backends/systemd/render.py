@@ -21,8 +21,13 @@ from ...statusd import where
 SOCKET_PROXYD = "/usr/lib/systemd/systemd-socket-proxyd"
 SYSUSERS = "/usr/bin/systemd-sysusers"
 TEMPLATES = ["agent.service.j2", "agent.socket.j2", "proxy.service.j2", "agentkit.target.j2", "agentkit.slice.j2",
-             "agentkit-rearm@.timer.j2", "agentkit-rearm@.service.j2", "router.service.j2", "status.service.j2",
-             "status-user.service.j2", "live.service.j2"]
+             "agentkit-rearm@.timer.j2", "agentkit-rearm@.service.j2", "router.service.j2", "router.socket.j2",
+             "status.service.j2", "status-user.service.j2", "live.service.j2"]
+
+
+def _listen_stream(bind: str, port: int) -> str:
+    """ListenStream= of an address and port: [::1]:8090 for IPv6, 0.0.0.0:8090 otherwise."""
+    return f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
 
 
 def status_command(host, bin_dir: str) -> list[str]:
@@ -109,7 +114,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
     """Every unit file of `host` for `profile`, sorted by path."""
     agents = graph.on_host(manifest, host, profile)
     (service_t, socket_t, proxy_t, target_t, slice_t, rearm_timer_t, rearm_service_t,
-     router_t, status_t, status_user_t, live_t) = templating.templates("systemd", TEMPLATES, templates).values()
+     router_t, router_socket_t, status_t, status_user_t, live_t) = templating.templates("systemd", TEMPLATES, templates).values()
 
     profile_name = profile or manifest.default_profile
     on_host = {a.name: a for a in agents}
@@ -161,8 +166,11 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
         router = router_on(manifest, host)
         if router is not None:
             local_models, cloud_models = model_names(router)
+            source = os.path.basename(router.where.file)
+            files.append(RenderedFile(units.ROUTER_SOCKET, router_socket_t.render(
+                source=source, target=units.TARGET, listen=_listen_stream(router.bind, router.port))))
             files.append(RenderedFile(units.ROUTER, router_t.render(
-                router=router, agent={"user": None}, source=os.path.basename(router.where.file), target=units.TARGET,
+                router=router, agent={"user": None}, source=source, target=units.TARGET, socket=units.ROUTER_SOCKET,
                 slice=units.ROOT_SLICE, command=" \\\n    ".join(escape.systemd_exec(g) for g in router_command(router, bin_dir)),
                 local_model=local_models, cloud_model=cloud_models,
             )))
@@ -179,7 +187,8 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
             name=manifest.name, host=host, profile=profile_name,
             services=[units.service(a.name) for a in agents if a.essential] + ([units.ROUTER] if router is not None else [])
             + [units.STATUS],
-            sockets=[units.socket(a.name, a.activation) for a in agents if a.optional],
+            sockets=[units.socket(a.name, a.activation) for a in agents if a.optional]
+            + ([units.ROUTER_SOCKET] if router is not None else []),
         )))
     except jinja2.TemplateError as exc:
         raise templating.render_error(exc) from exc
