@@ -31,7 +31,7 @@ def test_render_writes_one_directory_per_host_and_diff_sees_no_change(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         # The agents' services, the router and the status service (and the unit that makes its user).
-        f"{tmp_path}/build/mainpc/: 58 services, 3 slices, 39 sockets, 1 target, 2 templates",
+        f"{tmp_path}/build/mainpc/: 58 services, 3 slices, 40 sockets, 1 target, 2 templates",
         f"{tmp_path}/build/pc2/: 24 services, 3 slices, 14 sockets, 1 target, 2 templates",
         f"{tmp_path}/build/prometheus/: Prometheus' scrape configuration and alert rules",
     ]

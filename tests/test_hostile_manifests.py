@@ -329,6 +329,50 @@ def test_a_router_rule_that_backtracks_for_ever_is_refused(tmp_path):
         "against a task type could take exponential time; write it without the nested repeat", SUMMARY_ONE]
 
 
+def test_a_long_value_in_defaults_repeated_in_every_agent(tmp_path):
+    """Each value is within bounds, but 6,000 agents repeating three of 65,000 characters would
+    render 1.5 GB of unit files (it ended in a MemoryError in render)."""
+    long = "x" * 65_000
+    text = (f"host: alpha\ndefaults:\n  command: [/bin/true]\n  description: &d {long}\n"
+            "  environment: {A: *d, B: *d, C: *d}\nagents:\n"
+            + "".join(f"  a{i}: {{port: {10000 + i}}}\n" for i in range(6000)))
+    manifest(tmp_path, {"g.yaml": text})
+    assert validate(tmp_path) == [
+        "agents/fleet.yaml:2: hosts.alpha: the descriptions, commands and environments of its agents add up to "
+        "1,487 MiB of unit files, at most 64 MiB (a long value in defaults: is repeated in every agent)",
+        SUMMARY_ONE]
+
+
+def test_thousands_of_problems_print_the_first_200_and_a_count(tmp_path):
+    """3,000 dependencies with a typo each: a 'did you mean' for every one compared it with every
+    agent (minutes); the first ones get a hint, and 200 lines are printed."""
+    text = "host: alpha\nagents:\n" + "".join(
+        f"  agent{i}: {{command: [/bin/true], port: {10000 + i}, depends_on: [agnet{i}]}}\n" for i in range(3000))
+    manifest(tmp_path, {"g.yaml": text})
+    lines = validate(tmp_path)
+    assert len(lines) == 202 and lines[-2:] == ["agentkit: ... and 2,800 more (the first 200 are shown)",
+                                                "agentkit: 3000 problems in the manifest"]
+    assert lines[0] == "agents/g.yaml:3: agents.agent0.depends_on[0]: unknown agent 'agnet0' (did you mean 'agent0'?)"
+
+
+def test_an_agent_may_not_take_the_name_of_agentkit_own_units(tmp_path):
+    manifest(tmp_path, {"g.yaml": "host: alpha\nagents:\n  router: {command: [/bin/true], port: 7001}\n"
+                                  "  status: {command: [/bin/true], port: 7002}\n"})
+    assert validate(tmp_path) == [
+        "agents/g.yaml:3: agents.router: agentkit-router.service is agentkit's own unit: name the agent otherwise",
+        "agents/g.yaml:4: agents.status: agentkit-status.service is agentkit's own unit: name the agent otherwise",
+        "agentkit: 2 problems in the manifest"]
+
+
+def test_a_scoped_address_for_the_router_is_refused(tmp_path):
+    manifest(tmp_path, {}, fleet=FLEET + "router: {host: alpha, bind: 'fe80::1%lo', local: {url: "
+                                         "'http://127.0.0.1:8080/v1', model: m}, cloud: {url: 'https://c.test/v1', "
+                                         "model: c}}\n")
+    assert validate(tmp_path) == [
+        "agents/fleet.yaml:3: router.bind: a scoped address (fe80::1%lo) cannot be listened on by a systemd "
+        "socket: use the address without its scope, or ::", SUMMARY_ONE]
+
+
 # --- one broken file, and the problems that would follow from it ----------------------------
 
 def test_a_syntax_error_in_a_file_others_depend_on_is_the_only_problem(tmp_path):
@@ -359,6 +403,15 @@ def test_hosts_written_as_a_list_is_one_problem_not_one_per_file(tmp_path):
                                     "model: c}}\n")
     assert validate(tmp_path) == ["agents/fleet.yaml:1: hosts: expected the hosts (a mapping), got a list",
                                   SUMMARY_ONE]
+
+
+def test_agents_with_a_bad_tag_leave_other_files_references_alone(tmp_path):
+    manifest(tmp_path, {"a.yaml": "host: alpha\nagents: !!set {Base}\n",
+                        "b.yaml": "host: alpha\nagents:\n  User: {command: [/bin/true], port: 7101, "
+                                  "depends_on: [Base]}\n"})
+    assert validate(tmp_path) == [
+        "agents/a.yaml:2: agents: invalid value: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:set'", SUMMARY_ONE]
 
 
 def test_agents_written_as_a_list_leave_other_files_references_alone(tmp_path):

@@ -58,6 +58,26 @@ def fleet(m: Manifest, declared: Collection[str]) -> Iterator[Issue]:
     yield from _dependencies(m, declared)
     yield from _start_limits(m)
     yield from _gpus(m)
+    yield from _unit_text(m)
+
+
+# What the agents of one host may put in their unit files together: each value is bounded
+# (parsers.MAX_TEXT, MAX_WORDS), but a long one in defaults: repeats in every agent, and a
+# manifest of a few hundred kilobytes would render gigabytes.
+MAX_HOST_TEXT = 64 << 20
+
+
+def _unit_text(m: Manifest) -> Iterator[Issue]:
+    per_host: dict[str, int] = {}
+    for agent in m.agents.values():
+        size = (len(agent.description) + sum(len(word) for word in agent.command)
+                + sum(len(name) + len(str(value)) for name, value in agent.environment))
+        per_host[agent.host] = per_host.get(agent.host, 0) + size
+    for host, size in per_host.items():
+        if size > MAX_HOST_TEXT:
+            yield Issue(None, ("hosts", host), f"the descriptions, commands and environments of its agents add "
+                        f"up to {size >> 20:,} MiB of unit files, at most {MAX_HOST_TEXT >> 20} MiB (a long value "
+                        "in defaults: is repeated in every agent)")
 
 
 def _ports(m: Manifest) -> list[Issue]:

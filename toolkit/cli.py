@@ -22,7 +22,7 @@ import click
 from . import (__version__, backends, client, diffs, files, fleetstatus, graph, logs, manifest as manifest_mod,
                output, prometheus, units)
 from .backends import BACKENDS, Backend, Options
-from .errors import AgentkitError, ManifestError, did_you_mean
+from .errors import SHOWN, AgentkitError, ManifestError, did_you_mean
 from .files import RenderedFile
 from .model import Manifest
 
@@ -675,9 +675,11 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("aborted", err=True)
         return 1
     except ManifestError as exc:
-        for problem in exc.problems:
+        for problem in exc.problems[:SHOWN]:
             click.echo(str(problem), err=True)
         count = len(exc.problems)
+        if count > SHOWN:
+            click.echo(f"agentkit: ... and {count - SHOWN:,} more (the first {SHOWN} are shown)", err=True)
         words = [w for w in (argv if argv is not None else sys.argv[1:]) if w in cli.commands]
         writes = bool(words) and words[0] in WRITERS
         click.echo(f"agentkit: {count} problem{'s' if count != 1 else ''} in the manifest"

@@ -26,7 +26,7 @@ OURS = re.compile(r"^agentkit[A-Za-z0-9_.:@-]*\.(service|socket|slice|target|tim
 def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
     """Write `path` through a temporary file and a rename: readers see the old or the new file, whole."""
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}{TEMP_MARK}", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -40,8 +40,10 @@ def atomic_write(path: str, text: str, mode: int = 0o644) -> None:
         raise
 
 
-# atomic_write's temporary files: "." + the file's name + "." + mkstemp's 8 random characters.
-TEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}$")
+# atomic_write's temporary files: "." + the file's name + TEMP_MARK + mkstemp's 8 random characters.
+# The mark keeps a file of the user's (.agentkit-x.service.original, a backup) from ever looking like one.
+TEMP_MARK = ".agentkit-tmp-"
+TEMP = re.compile(r"^\.(?P<name>.+)\.agentkit-tmp-[a-z0-9_]{8}$")
 
 
 def stale_temp_files(directory: str, ours: re.Pattern[str] = OURS) -> list[str]:

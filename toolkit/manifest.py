@@ -13,14 +13,13 @@ checks.py makes the checks across agents and the backends' own.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import gc
 import os
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
-from . import checks, parsers
-from .errors import AgentkitError, ManifestError, Problem, did_you_mean
+from . import checks, parsers, units
+from .errors import AgentkitError, ManifestError, Problem, close_match, did_you_mean, hint_budget, some
 from .env import PORT_WORD
 from .model import (Agent, Host, HostAddress, Location, Manifest, Profile, Readiness, Restart, RouterSpec,
                     Slice)
@@ -45,7 +44,7 @@ def _resolve_environment(check: "_Checker", doc: Document, path: tuple, env: dic
         if isinstance(item, parsers.AddressOf):
             if item.host not in hosts and not check.hosts_unknown:
                 check.add(doc, path + (name, "address_of"),
-                          f"unknown host {item.host!r} (hosts: {', '.join(hosts) or 'none'})")
+                          f"unknown host {item.host!r} (hosts: {some(hosts)})")
                 continue
             if item.host not in hosts:
                 continue  # the hosts: section itself is wrong, and says so
@@ -105,8 +104,8 @@ class _Checker:
     def known_keys(self, doc: Document, path: tuple, data: dict, known) -> None:
         for key in data:
             if key not in known:
-                hint = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-                suffix = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(known)})"
+                hint = close_match(key, known)
+                suffix = f" (did you mean {hint!r}?)" if hint else f" (known: {', '.join(known)})"
                 self.add(doc, path + (key,), f"unknown key{suffix}")
 
     def parse(self, doc: Document, path: tuple, value: Any, parser: Callable[[Any], Any]) -> Any:
@@ -159,7 +158,7 @@ def load(root: str = "agents") -> Manifest:
     # Loading allocates many long-lived, acyclic objects (a line number per YAML
     # node, the settings, the agents): the cyclic collector's full passes over them
     # made a 10k-agent load grow worse than linearly (bench/render.py).
-    with _collector_paused():
+    with _collector_paused(), hint_budget():
         return _load(root)
 
 
@@ -214,7 +213,7 @@ def _load(root: str) -> Manifest:
                                   fleet.get("default_profile", "full" if "full" in profiles else next(iter(profiles))),
                                   parsers.text)
     if default_profile is not INVALID and default_profile not in profiles:
-        check.add(fleet_doc, ("default_profile",), f"unknown profile {default_profile!r} (profiles: {', '.join(profiles)})")
+        check.add(fleet_doc, ("default_profile",), f"unknown profile {default_profile!r} (profiles: {some(profiles)})")
 
     router = _read_router(check, fleet_doc, fleet, hosts)
     manifest = Manifest(root=root, name=name, hosts=hosts, agents=agents, slices=slices, profiles=profiles,
@@ -321,7 +320,7 @@ def _read_router(check: _Checker, doc: Document, fleet: dict, hosts: dict[str, H
             ok = False
     host = settings.get("host")
     if host is not None and host not in hosts and not check.hosts_unknown:
-        check.add(doc, ("router", "host"), f"unknown host {host!r} (hosts: {', '.join(hosts)})")
+        check.add(doc, ("router", "host"), f"unknown host {host!r} (hosts: {some(hosts)})")
         ok = False
     ok = _router_backends(check, doc, settings, hosts) and ok
     if not ok:
@@ -341,7 +340,7 @@ def _router_backends(check: _Checker, doc: Document, settings: dict, hosts: dict
             check.add(doc, path, "'local' is the router's own backend (router.local): name the peer otherwise")
             ok = False
         if where is not None and where not in hosts and not check.hosts_unknown:
-            check.add(doc, path + ("host",), f"unknown host {where!r} (hosts: {', '.join(hosts)})")
+            check.add(doc, path + ("host",), f"unknown host {where!r} (hosts: {some(hosts)})")
             ok = False
         on_router_host = where is None or where == settings.get("host")
         peers.append(replace(peer, gpu=(peer.gpu or 0) if on_router_host else None))
@@ -434,8 +433,8 @@ def _read_agents(check: _Checker, docs: dict[str, Document], fleet_defaults: dic
     declared: dict[str, Location] = {}
     for file_name, doc in docs.items():
         if doc.data is not None and not isinstance(doc.data, dict) or (
-                isinstance(doc.data, dict) and doc.data.get("agents") not in (None, INVALID)
-                and not isinstance(doc.data["agents"], dict)):
+                isinstance(doc.data, dict) and doc.data.get("agents") is not None
+                and not isinstance(doc.data["agents"], dict)):  # a list, or INVALID (a bad tag)
             check.agents_unknown = True
         data = check.mapping(doc, (), doc.data, "a group of agents")
         check.known_keys(doc, (), data, GROUP_SETTINGS)
@@ -480,6 +479,9 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     if not parsers.AGENT_NAME.match(name):
         check.add(doc, path, "an agent name becomes a unit name: letters, digits, '_', '.' and '-', at most 200")
         ok = False
+    elif units.service(name) in units.OWN_UNITS:
+        check.add(doc, path, f"{units.service(name)} is agentkit's own unit: name the agent otherwise")
+        ok = False
 
     def get(key: str) -> Any:
         entry = merged.get(key)
@@ -499,7 +501,7 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     if ok and host not in hosts:
         if not check.hosts_unknown:
             check.add(merged["host"][1], merged["host"][2],
-                      f"unknown host {host!r} (hosts: {', '.join(hosts) or 'none'})")
+                      f"unknown host {host!r} (hosts: {some(hosts)})")
         ok = False
     essential = get("essential")
     if essential:
@@ -510,7 +512,7 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
         check.add(doc, own["private_port"][2], "private_port is only for activation: proxy")
     slice_name = get("slice") or ("essential" if essential else "optional")
     if get("slice") is not None and slice_name not in slices:
-        check.add(merged["slice"][1], merged["slice"][2], f"unknown slice {slice_name!r} (slices: {', '.join(slices)})")
+        check.add(merged["slice"][1], merged["slice"][2], f"unknown slice {slice_name!r} (slices: {some(slices)})")
         ok = False
     if not ok:
         return None

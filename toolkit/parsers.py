@@ -381,4 +381,7 @@ def bind(value: Any) -> str:
         ipaddress.ip_address(written)
     except ValueError:
         raise ValueError(f"expected an IP address to listen on, such as 0.0.0.0 or 127.0.0.1, got {show(value)}") from None
+    if "%" in written:  # systemd 252's ListenStream= takes no scope
+        raise ValueError(f"a scoped address ({written}) cannot be listened on by a systemd socket: use the "
+                         "address without its scope, or ::")
     return written

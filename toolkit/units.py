@@ -22,6 +22,8 @@ STATUS_USER_UNIT = "agentkit-status-user.service"  # makes that user (systemd-sy
 ACTIVATOR_PROGRAM = "agentkit-activator"
 AGENT_PROGRAM = "agentkit-agent"  # the reference agent
 READY_PROGRAM = "agentkit-ready"  # the readiness probe (ready: port, http, command)
+# The units of agentkit's own services, which no agent's may be called.
+OWN_UNITS = (ROUTER, ROUTER_SOCKET, STATUS, STATUS_USER_UNIT)
 # agentkit's own programs: always in its bin directory, on whichever machine a render is for.
 ADMIT_PROGRAM = "agentkit-admit"  # GPU admission under systemd: an optional GPU agent's ExecStartPre=
 OWN_PROGRAMS = ("agentkit", AGENT_PROGRAM, ROUTER_PROGRAM, ACTIVATOR_PROGRAM, READY_PROGRAM, STATUS_PROGRAM,

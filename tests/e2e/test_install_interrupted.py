@@ -31,13 +31,15 @@ from pathlib import Path
 
 import pytest
 
+from agentkit import files
+
 from . import test_fleet
 from .container import BASE_ENV, NSENTER, _children, _pid_alive
 from .test_fleet import show
 
 UNITS = "etc/systemd/system"
 RECORD = "var/lib/agentkit/installed.json"
-TEMP = re.compile(r"^\.agentkit.*\.[a-z0-9_]{8}$")
+TEMP = files.TEMP  # atomic_write's temporary files
 TRIALS = 12
 
 FLEET = """\

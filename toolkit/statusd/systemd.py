@@ -24,7 +24,7 @@ from .gpu import GpuView
 log = logging.getLogger(units.STATUS_PROGRAM)
 CGROUP_ROOT = "/sys/fs/cgroup"
 KEEP_ALIVE = 5.0  # s between the small questions that tell a lost bus
-NOT_OURS = (units.ROUTER, units.ROUTER_SOCKET, units.STATUS, units.STATUS_USER_UNIT)
+NOT_OURS = units.OWN_UNITS
 
 
 class SystemdSource:

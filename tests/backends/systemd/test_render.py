@@ -134,3 +134,17 @@ def test_start_order_puts_dependencies_first():
     for agent in m.agents.values():
         for dep in agent.depends_on:
             assert position[dep] < position[agent.name], (dep, agent.name)
+
+
+@pytest.mark.systemd
+@pytest.mark.parametrize("bind, listen", [("0.0.0.0", "0.0.0.0:8090"), ("::", "[::]:8090"),
+                                          ("fe80::1", "[fe80::1]:8090")])
+def test_the_router_socket_listens_where_the_router_binds(bind, listen, systemd_analyze, tmp_path):
+    """(A scoped address, fe80::1%lo, is refused by the manifest: ListenStream= cannot hold it.)"""
+    assert render._listen_stream(bind, 8090) == listen
+    unit = tmp_path / "agentkit-router.socket"
+    unit.write_text(f"[Unit]\nDescription=x\n\n[Socket]\nListenStream={listen}\n")
+    (tmp_path / "agentkit-router.service").write_text("[Service]\nExecStart=/bin/true\n")
+    result = subprocess.run([systemd_analyze, "verify", "--man=no", unit.name], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")

@@ -26,7 +26,8 @@ TEMPLATES = ["agent.service.j2", "agent.socket.j2", "proxy.service.j2", "agentki
 
 
 def _listen_stream(bind: str, port: int) -> str:
-    """ListenStream= of an address and port: [::1]:8090 for IPv6, 0.0.0.0:8090 otherwise."""
+    """ListenStream= of an address and port: [::1]:8090 for IPv6, 0.0.0.0:8090 otherwise (the
+    manifest refuses a scoped address, fe80::1%eth0, which systemd 252 cannot listen on)."""
     return f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
 
 
