@@ -34,9 +34,7 @@ and plot.svg (latency and memory over time; a small SVG written here, no plottin
 
 Losses are classified. A request in flight on an agent at the moment a fault SIGKILLed it,
 or sent to an agent while the soak itself makes it crash-loop (or through one, in a chain),
-is unavoidable: counted under that cause. So is one cut short on a dependant that systemd
-stopped with a SIGKILLed essential agent it Requires= (the dependant drains, but a request
-waiting on the dead agent cannot finish); that is the units' design, counted apart. Any other loss (router errors while a backend is
+is unavoidable: counted under that cause. Any other loss (router errors while a backend is
 down: the router must fail over; anything lost on an install or a restart) is avoidable.
 Exit status: 0 pass; 1 on any avoidable loss, any OOM kill, an unexpected failed install,
 or growth of an agentkit process's RSS or fds beyond the bounds below; 2 when it cannot run
@@ -93,7 +91,6 @@ INSTALL_TIMEOUT = 300.0
 SAMPLE_EVERY = 5.0
 CRASH_LOOP_S = (8.0, 15.0)  # how long an agent crash-loops
 BACKEND_FAULT_S = (5.0, 10.0)  # how long a backend stays down / 5xx / hung
-RESTART_WINDOW_S = 15.0  # a killed essential agent and its Requires= dependants are back well within this
 SETTLE_S = 5.0  # after a crash loop ends: the agent's socket re-arms, queued clients get answered
 FAULT_KINDS = ("kill", "crash-loop", "backend", "install-changed", "install-restart")
 FAULT_WEIGHTS = (4, 2, 3, 1, 1)  # kills are cheap and common; an install --restart costs ~all CPU for a while
@@ -146,9 +143,6 @@ class Fault:
     host: str = ""
     agent: str = ""
     affected: frozenset = frozenset()  # {(host, agent)} whose requests it may make unavoidable losses
-    # A kill of an essential agent: its Requires= dependants (on its host, through essential ones),
-    # which systemd stops and starts again with it.
-    stops: frozenset = frozenset()
     detail: str = ""
     ok: bool = True
     output: str = ""
@@ -460,25 +454,10 @@ class Faults:
         return [a for a in self.fleet.agents.values()
                 if (a.essential or (a.host, a.name) not in dormant) and a.name not in crash]
 
-    def required_by(self, agent) -> frozenset:
-        """The agents systemd restarts with `agent`: those with Requires= on it (an essential
-        dependency on the same host), and theirs in turn."""
-        stopped, todo = set(), [agent]
-        while todo:
-            dep = todo.pop()
-            if not dep.essential:
-                continue  # an optional dependency is reached through its socket (Wants=)
-            for other in self.fleet.agents.values():
-                if dep.name in other.depends_on and other.host == dep.host and (other.host, other.name) not in stopped:
-                    stopped.add((other.host, other.name))
-                    todo.append(other)
-        return frozenset(stopped)
-
     def kill(self) -> Fault:
         agent = self.rng.choice(self.running_agents())
         fault = self.ledger.fault(Fault("kill", time.monotonic(), host=agent.host, agent=agent.name,
-                                        affected=frozenset({(agent.host, agent.name)}),
-                                        stops=self.required_by(agent)))
+                                        affected=frozenset({(agent.host, agent.name)})))
         result = self.fleet.systemctl(agent.host, "kill", "-s", "KILL", f"agentkit-{agent.name}.service")
         fault.acted = time.monotonic()
         fault.detail = f"systemctl kill -s KILL agentkit-{agent.name}.service"
@@ -487,8 +466,8 @@ class Faults:
 
     def crash_loop(self) -> Fault:
         """An optional agent whose every start fails, until undo(). Optional ones only: an essential
-        agent that fails for good takes its Requires= dependants with it and fails every install
-        until it recovers, which is systemd's design, not something a soak can count."""
+        agent that fails for good fails every install until it recovers (install waits for the
+        essential agents), which is what install is for, not something a soak can count."""
         agent = self.rng.choice([a for a in self.fleet.optional()])
         unit = f"agentkit-{agent.name}.service"
         now = time.monotonic()
@@ -789,12 +768,6 @@ def classify(requests: list[Sent], faults: list[Fault]) -> None:
         for k in kills:  # in flight on the agent when the signal went
             if k.affected & r.path and r.sent <= (k.acted or k.started) and end >= k.started:
                 r.unavoidable = f"in flight on {k.agent} when SIGKILLed"
-                break
-            # In flight on a dependant that systemd stopped with the killed agent (Requires=): the
-            # dependant drains, but a request that waits on the dead agent is cut short.
-            if (k.stops & r.path and "(SIGTERM)" in r.detail
-                    and k.started <= end and r.sent <= k.started + RESTART_WINDOW_S):
-                r.unavoidable = f"in flight on a dependant systemd restarted with {k.agent} (Requires=)"
                 break
         else:
             for f in loops:  # to (or through) the agent while it crash-looped, or its socket re-armed

@@ -55,13 +55,20 @@ def test_reference_fleet_renders_77_services_and_53_sockets():
 
 
 def test_every_requires_is_paired_with_the_same_after():
+    """And an essential dependency is wanted and waited for, never required: a restart of a
+    required unit would restart its dependants too (systemd 252)."""
     for fleet in FLEETS:
-        _, plans = _plan_all(fleet, GOLDEN_BIN)
+        m, plans = _plan_all(fleet, GOLDEN_BIN)
         for planned in plans.values():
             for item in planned:
-                requires = re.findall(r"^Requires=(.*)$", item.text, re.M)
-                after = re.findall(r"^After=(.*)$", item.text, re.M)
-                assert requires == after, item.path
+                requires = " ".join(re.findall(r"^Requires=(.*)$", item.text, re.M)).split()
+                after = " ".join(re.findall(r"^After=(.*)$", item.text, re.M)).split()
+                wants = " ".join(re.findall(r"^Wants=(.*)$", item.text, re.M)).split()
+                assert after[:len(requires)] == requires, item.path
+                for unit in after[len(requires):]:
+                    assert unit in wants and unit.endswith(".service"), (item.path, unit)
+                essential = {f"agentkit-{a.name}.service" for a in m.agents.values() if a.essential}
+                assert not essential & set(requires), item.path
 
 
 def test_profile_installs_essentials_and_the_chosen_agents_with_their_dependencies():

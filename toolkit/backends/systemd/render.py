@@ -83,22 +83,27 @@ def live_command(agent, bin_dir: str) -> list[str]:
                                             units.service(agent.name)] + probe
 
 
-def dependencies(agent, on_host: dict) -> tuple[list[str], list[str]]:
-    """(Requires= and After=, Wants=) of an agent's unit, for its dependencies on this host.
+def dependencies(agent, on_host: dict) -> tuple[list[str], list[str], list[str]]:
+    """(Requires= and After=, Wants=, After= only) of an agent's unit, for its dependencies on this host.
 
-    An essential dependency runs already: Requires= and After= its service. An optional one
+    An essential dependency runs already: Wants= and After= its service. Not Requires=: systemd
+    252 propagates a restart to the units that require the restarted one, so every SIGKILL or
+    crash of an essential agent would stop its dependants too, cutting short their requests
+    (bench/soak.py counted them); wanted, the dependant runs on while its dependency comes back,
+    and its calls wait for it, as a ZeroMQ client's do. An optional one
     sits behind its socket, which holds the way until the dependency is ready (native: it
     accepts only then; proxy: the proxy starts after the agent is active): the unit needs
     the socket (Requires= and After=) and wants the service (or its proxy, which needs the
     service) without waiting for it, so a cold chain starts all its members at once and costs
     its slowest, not the sum."""
-    requires, wants = [], []
+    requires, wants, after = [], [], []
     for name in agent.depends_on:
         dep = on_host.get(name)
         if dep is None:
             continue  # on another host: an address in AGENTKIT_DEPENDS
         if dep.essential:
-            requires.append(units.service(name))
+            wants.append(units.service(name))
+            after.append(units.service(name))
         else:
             requires.append(units.socket(name, dep.activation))
             # Behind a proxy, the proxy too: when the dependant first calls, its way through is up
@@ -107,7 +112,7 @@ def dependencies(agent, on_host: dict) -> tuple[list[str], list[str]]:
             wants.append(units.service(name))
             if dep.activation == "proxy":
                 wants.append(units.proxy(name))
-    return requires, wants
+    return requires, wants, after
 
 
 def plan(manifest: Manifest, host: str, profile: str | None = None, *,
@@ -123,7 +128,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
     files: list[RenderedFile] = []
     try:
         for agent in agents:
-            requires, wants = dependencies(agent, on_host)
+            requires, wants, after = dependencies(agent, on_host)
             if agent.liveness is not None:
                 wants = wants + [units.live(agent.name)]
             service = units.service(agent.name)
@@ -133,6 +138,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 common,
                 requires=requires,
                 wants=wants,
+                after=after,
                 command=escape.systemd_exec(programs.argv(agent.command, bin_dir, contract.listen_port(agent))),
                 ready=ready_command(agent, bin_dir),
                 admit=admit_command(agent, gpus, bin_dir),
