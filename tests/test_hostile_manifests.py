@@ -373,6 +373,41 @@ def test_a_scoped_address_for_the_router_is_refused(tmp_path):
         "socket: use the address without its scope, or ::", SUMMARY_ONE]
 
 
+def test_values_that_systemd_would_read_otherwise_are_refused(tmp_path):
+    """A trailing backslash joins the next line (PartOf= vanished into the description); a quote or
+    a backslash in a path is read by systemd, and ReadWritePaths= splits at a space."""
+    manifest(tmp_path, {"g.yaml": "host: alpha\nagents:\n"
+                                  "  A: {command: [/bin/true], port: 7001, description: 'ends in \\'}\n"
+                                  "  B: {command: [/bin/true], port: 7002, working_directory: '/srv/\"q\"'}\n"
+                                  "  C: {command: [/bin/true], port: 7003, writable_paths: ['/var/a b']}\n"
+                                  "  D: {command: ['./rel\\ prog'], port: 7004}\n"})
+    assert validate(tmp_path) == [
+        "agents/g.yaml:3: agents.A.description: ends with a backslash, which in a unit file joins the next "
+        "line to this one",
+        "agents/g.yaml:4: agents.B.working_directory: expected an absolute path without spaces, quotes or "
+        "backslashes, got '/srv/\"q\"'",
+        "agents/g.yaml:5: agents.C.writable_paths[0]: expected an absolute path without spaces, quotes or "
+        "backslashes, got '/var/a b'",
+        "agents/g.yaml:6: agents.D.command: the program './rel\\\\ prog' has a backslash, which systemd "
+        "refuses in an executable's name",
+        "agentkit: 4 problems in the manifest"]
+
+
+@pytest.mark.systemd
+def test_specifier_characters_reach_systemd_as_written(tmp_path, systemd_analyze, bin_dir):
+    manifest(tmp_path, {"g.yaml": one_agent(essential="true", description="'100% sure, %h'",
+                                            working_directory="/srv/%b", writable_paths="[/var/lib/%n]",
+                                            environment="{P: '50%'}")})
+    status, lines = agentkit(tmp_path, "render", "-m", "agents", "--out", "build", "--bin-dir", str(bin_dir))
+    assert status == 0, lines
+    unit = (tmp_path / "build" / "alpha" / "agentkit-A.service").read_text()
+    assert "Description=100%% sure, %%h\n" in unit and "WorkingDirectory=/srv/%%b\n" in unit
+    assert "ReadWritePaths=/var/lib/%%n\n" in unit
+    result = subprocess.run([systemd_analyze, "verify", "--man=no", "agentkit-A.service"],
+                            cwd=tmp_path / "build" / "alpha", capture_output=True, text=True, timeout=BOUND)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
 # --- one broken file, and the problems that would follow from it ----------------------------
 
 def test_a_syntax_error_in_a_file_others_depend_on_is_the_only_problem(tmp_path):

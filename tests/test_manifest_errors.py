@@ -1169,7 +1169,7 @@ def test_a_router_section_loads_with_its_defaults(workdir):
     (ROUTER + "  small: {kv_cache_per_token: 64K}\n",
      ["agents/fleet.yaml:8: router.small.kv_cache_per_token: set small.model too, or leave the small model out"]),
     (ROUTER.replace("big}", "big, api_key_file: key.txt}"),
-     ["agents/fleet.yaml:7: router.cloud.api_key_file: expected an absolute path without spaces, got 'key.txt'"]),
+     ["agents/fleet.yaml:7: router.cloud.api_key_file: expected an absolute path without spaces, quotes or backslashes, got 'key.txt'"]),
     (ROUTER + "  local_url: x\n", ["agents/fleet.yaml:8: router.local_url: unknown key (did you mean 'local'?)"]),
     ("router: [1]\n", ["agents/fleet.yaml:4: router: expected the router's settings (a mapping), got a list"]),
     (ROUTER + "  rules: {'code(': 0.9}\n",

@@ -81,6 +81,8 @@ def _unit_text(value: str) -> str:
     """Text that a unit file can hold: one line, of at most MAX_TEXT characters."""
     if CONTROL.search(value):
         raise ValueError("contains a control character (such as a newline), which a unit file cannot hold")
+    if value.endswith("\\"):
+        raise ValueError("ends with a backslash, which in a unit file joins the next line to this one")
     if len(value) > MAX_TEXT:
         raise ValueError(f"{len(value):,} characters long: at most {MAX_TEXT:,}")
     return value
@@ -204,6 +206,8 @@ def argv(value: Any) -> tuple[str, ...]:
                          f"(./prog), or a bare name found in --bin-dir or on PATH, got {program!r}")
     if not program or program[0] in "@-:+!|":
         raise ValueError(f"the program {program!r} starts with a character systemd reads as a prefix")
+    if "\\" in program:
+        raise ValueError(f"the program {program!r} has a backslash, which systemd refuses in an executable's name")
     return tuple(words)
 
 
@@ -259,8 +263,9 @@ def liveness(value: Any) -> Liveness:
 
 def abs_path(value: Any) -> str:
     written = text(value)
-    if not written.startswith("/") or " " in written:
-        raise ValueError(f"expected an absolute path without spaces, got {show(value)}")
+    # systemd reads quotes and backslashes in a path setting, and ReadWritePaths= splits at spaces.
+    if not written.startswith("/") or any(c.isspace() or c in "\"'\\" for c in written):
+        raise ValueError(f"expected an absolute path without spaces, quotes or backslashes, got {show(value)}")
     return written
 
 
