@@ -241,6 +241,12 @@ def test_a_name_of_a_megabyte_is_shown_by_its_start(tmp_path):
         "letters, digits, '_', '.' and '-', at most 200", SUMMARY_ONE]
 
 
+def test_a_file_name_that_reorders_the_line_is_escaped(tmp_path):
+    manifest(tmp_path, {"evil\u202egnp.yaml": "agents: [\n"})  # right-to-left override
+    assert validate(tmp_path)[1] == ("agents/evil\\u202egnp.yaml:2: invalid YAML: while parsing a flow node, "
+                                     "did not find expected node content")
+
+
 def test_a_file_name_with_a_newline_stays_on_its_line(tmp_path):
     manifest(tmp_path, {"bad\nname.yaml": "agents: [\n"})
     assert validate(tmp_path) == [

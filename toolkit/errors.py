@@ -8,10 +8,10 @@ import difflib
 import re
 from dataclasses import dataclass
 
-# Characters that would end the line or move the terminal's cursor: C0 and C1 controls,
-# and Unicode's line and paragraph separators. A problem is one line of text, whatever
-# a file's name or a value in it holds.
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# Characters that would end the line, move the terminal's cursor or reorder what it shows:
+# C0 and C1 controls, Unicode's line and paragraph separators, and its bidirectional
+# controls. A problem is one line of text, whatever a file's name or a value in it holds.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def one_line(text: str) -> str:

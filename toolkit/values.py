@@ -29,6 +29,8 @@ def parse_span(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError(f"expected a time span like '30s' or '5min', got {value!r}")
     if isinstance(value, (int, float)):
+        if value != value:  # nan
+            raise ValueError("expected a time span like '30s' or '5min', got nan")
         if value < 0:
             raise ValueError(f"a time span cannot be negative, got {value!r}")
         if not value * 1_000_000 <= MAX_SPAN_US:  # also nan and inf
