@@ -82,8 +82,8 @@ AGENT_SETTINGS: dict[str, Setting] = {
                "the agent port; an optional agent's socket listens here", "(required)"),
     "health_port": _S(parsers.optional(parsers.port), None, "HTTP health port; never socket-activated",
                       "HTTP health; never socket-activated, so a health check does not wake an agent"),
-    "depends_on": _S(parsers.names, (), "agents that must be running first (Requires= and After=)",
-                     "`Requires=` and `After=` an essential one; an optional one's socket instead, and `Wants=` "
+    "depends_on": _S(parsers.names, (), "agents started first (Wants= and After=)",
+                     "`Wants=` and `After=` an essential one; an optional one's socket instead, and `Wants=` "
                      "its service, so a cold chain starts together; across hosts, addresses in `AGENTKIT_DEPENDS`"),
     "activation": _S(parsers.choice("native", "proxy"), "native",
                      "optional agents: native adopts the socket fd; proxy uses systemd-socket-proxyd",
