@@ -822,7 +822,8 @@ def test_optional_only_settings_on_an_essential_agent(problems):
           private_port: 9
           idle_stop: 1min
         """)}) == [
-        "agents/g.yaml:8: agents.E.activation: only optional agents have activation (this agent is essential)",
+        "agents/g.yaml:8: agents.E.activation: an essential agent binds its own port, or adopts systemd's socket "
+        "(activation: native): proxy is for optional agents",
         "agents/g.yaml:9: agents.E.private_port: only optional agents have private_port (this agent is essential)",
         "agents/g.yaml:10: agents.E.idle_stop: only optional agents have idle_stop (this agent is essential)",
     ]

@@ -119,7 +119,7 @@ def _start_limits(m: Manifest) -> Iterator[Issue]:
                         f"a crash loop restarting every {values.format_span(restart.delay)} never "
                         f"reaches burst {restart.burst} within interval {values.format_span(restart.interval)}: "
                         "systemd would restart it forever (lower delay or burst, or raise interval)")
-        if agent.activation == "native" and restart.policy in ("always", "on-success"):
+        if agent.optional and agent.activation == "native" and restart.policy in ("always", "on-success"):
             yield Issue(agent.name, ("restart",),
                         f"restart policy {restart.policy} would start the agent again as soon as it "
                         "exits when idle, so it would never be dormant (use on-failure)")

@@ -63,7 +63,7 @@ def for_agent(manifest: "Manifest", agent: "Agent", *, activation: str | None = 
     env.append((ACTIVATION, activation))
     if activation == "proxy":
         env.append((BIND, loopback(private_port)))
-    if activation == "native":
+    if activation == "native" and agent.optional:  # an essential agent never stops for idleness
         env.append((IDLE_STOP, f"{values.seconds(agent.idle_stop):g}"))
     if agent.depends_on:
         addresses = []

@@ -518,7 +518,15 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
         return None
 
     port = get("port")
-    activation = "none" if essential else get("activation")
+    activation = get("activation")
+    if essential:
+        # An essential agent binds its own port, unless it says native itself (a defaults: layer
+        # speaks for the optional agents): then systemd holds the port, and the program adopts it.
+        said = own.get("activation")
+        activation = "native" if said is not None and said[0] == "native" else "none"
+        if said is not None and said[0] == "proxy":
+            check.add(doc, said[2], "an essential agent binds its own port, or adopts systemd's socket "
+                      "(activation: native): proxy is for optional agents")
     private_port = None
     if activation == "proxy":
         private_port = get("private_port")

@@ -89,7 +89,9 @@ AGENT_SETTINGS: dict[str, Setting] = {
                      "optional agents: native adopts the socket fd; proxy uses systemd-socket-proxyd",
                      "optional agents: `native` (the agent adopts the socket's fd) or `proxy` "
                      "(agentkit holds the port and forwards to the program on 127.0.0.1:`private_port`, which its "
-                     "command can name as `{port}`)"),
+                     "command can name as `{port}`); an essential agent binds its own port unless it says "
+                     "`native`: then systemd holds its port too, and clients wait while it restarts (under "
+                     "supervisord it binds its own)", "`native`; essential: none"),
     "private_port": _S(parsers.port, None,
                        "proxy mode: where the agent listens on 127.0.0.1 (default port + private_port_offset)",
                        "proxy mode only", "port + `private_port_offset`"),
@@ -150,7 +152,7 @@ AGENT_SETTINGS: dict[str, Setting] = {
                   "the hardening directives; `false` drops them"),
 }
 # Settings that only mean something for an on-demand agent.
-OPTIONAL_ONLY = ("activation", "private_port", "idle_stop", "gpu_evict")
+OPTIONAL_ONLY = ("private_port", "idle_stop", "gpu_evict")
 
 FLEET_SETTINGS: dict[str, Setting] = {
     "name": _S(parsers.text, "agentkit", "the fleet's name (units' descriptions, supervisord's state directory)"),

@@ -39,6 +39,12 @@ AGENTS = """\
       command: [agentkit-agent]
       service_type: notify
       port: 27413
+    EssentialNative:
+      essential: true
+      activation: native
+      command: [agentkit-agent]
+      service_type: notify
+      port: 27414
     """
 CHANGED = AGENTS.replace("      idle_stop: 10min\n    Proxied:", "      idle_stop: 10min\n      environment: {ANSWER: '42'}\n    Proxied:")
 THREADS = 3  # per agent
@@ -131,16 +137,25 @@ def targets() -> dict:
         reply, _ = client.zmq_request("Essential", 27413, "ping", timeout=5)
         return reply.get("ok") is True
 
+    def held_ping():
+        reply, _ = client.zmq_request("EssentialNative", 27414, "ping", timeout=5)
+        return reply.get("ok") is True
+
+    def held_work():
+        return work(27414, 0.05).get("ok") is True
+
     def proxied():
         return http_get(27412, "/", timeout=5)[0] == 200
 
     return {"Native": [native_ping, native_work, native_work],
             "Essential": [essential_ping, essential_work, essential_work],
+            "EssentialNative": [held_ping, held_work, held_work],
             "Proxied": [proxied] * THREADS}
 
 
 def mains(container) -> dict[str, str]:
-    return {n: show(container, f"agentkit-{n}.service", "MainPID")["MainPID"] for n in ("Native", "Proxied", "Essential")}
+    return {n: show(container, f"agentkit-{n}.service", "MainPID")["MainPID"]
+            for n in ("Native", "Proxied", "Essential", "EssentialNative")}
 
 
 FLEET = """\
@@ -181,15 +196,19 @@ def test_install_restart_and_a_changed_agent_lose_no_request(container_factory):
     report.append(f"both installs: {traffic.summary()}")
     print("\n" + "\n".join(report))
     print({n: v[:3] for n, v in traffic.lost.items() if v})
-    # Natively the socket is systemd's and the agent drains: nothing lost.
+    # Natively the socket is systemd's and the agent drains: nothing lost, optional or essential.
     assert after_restart["Native"] == 0 and traffic.lost["Native"] == [], traffic.lost["Native"][:5]
-    # Known limits, counted above (README, "Interrupted installs, restarts and upgrades"): an essential
-    # agent has no socket unit, so while it restarts its port refuses (the ZeroMQ client that checks
+    assert after_restart["EssentialNative"] == 0 and traffic.lost["EssentialNative"] == [], \
+        traffic.lost["EssentialNative"][:5]
+    # Known limits, counted above (README, "Restarts and upgrades without losing requests"): an essential
+    # agent that binds its own port (no activation: native), while it restarts, refuses (the ZeroMQ client that checks
     # with a plain connect first says so; a REQ socket that just sends reconnects and is answered);
     # systemd-socket-proxyd, restarted with its program, closes the connections it holds.
-    # Nothing else may go wrong: no request accepted by an agent is left without its answer.
-    assert all("nothing accepted the connection" in why for why in traffic.lost["Essential"]), \
-        traffic.lost["Essential"][:5]
+    # (A REQ socket's connect is retried in the background while the port refuses: on a busy machine
+    # the restart can outlast its 5 s, and it times out: Again.) The agents that adopt systemd's
+    # socket above lose nothing; here only those two kinds of loss are allowed.
+    assert all("nothing accepted the connection" in why or why.startswith("Again(")
+               for why in traffic.lost["Essential"]), sorted(set(traffic.lost["Essential"]))
     assert all(why.startswith(("RemoteDisconnected", "ConnectionResetError")) for why in traffic.lost["Proxied"]), \
         traffic.lost["Proxied"][:5]
 

@@ -176,8 +176,8 @@ def private_port(agent: Agent, offset: int) -> int:
 
 def supervised_environment(manifest: Manifest, agent: Agent, private: int | None) -> list[tuple[str, str]]:
     """The agent environment, with every optional agent in proxy mode on its private port."""
-    if agent.essential:
-        return contract.for_agent(manifest, agent)  # AGENTKIT_ACTIVATION=none: the agent binds its own port
+    if agent.essential:  # AGENTKIT_ACTIVATION=none: the agent binds its own port (no socket to adopt here)
+        return contract.for_agent(manifest, agent, activation="none")
     return contract.for_agent(manifest, agent, activation="proxy", private_port=private)
 
 

@@ -150,7 +150,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                 files.append(RenderedFile(units.live(agent.name), live_t.render(
                     common, target=units.TARGET, slice=units.slice_(agent.slice),
                     command=escape.systemd_exec(live_command(agent, bin_dir)))))
-            if agent.optional:
+            if agent.optional or agent.activation == "native":  # an essential native one: its port too
                 files.append(RenderedFile(socket, socket_t.render(
                     common, target=units.TARGET, proxy=units.proxy(agent.name) if agent.activation == "proxy" else None)))
             if agent.activation == "proxy":
@@ -159,9 +159,9 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
                     command=escape.systemd_exec((SOCKET_PROXYD, f"--exit-idle-time={values.format_span(agent.idle_stop)}",
                                                  contract.loopback(agent.private_port))),
                 )))
-        optional = [a for a in agents if a.optional]
-        if optional:
-            delay = max(a.restart.interval for a in optional)
+        socketed = [a for a in agents if a.optional or a.activation == "native"]
+        if socketed:
+            delay = max(a.restart.interval for a in socketed)
             files.append(RenderedFile(units.REARM + ".timer", rearm_timer_t.render(delay=delay)))
             files.append(RenderedFile(units.REARM + ".service", rearm_service_t.render()))
         used_slices = sorted({a.slice for a in agents})
@@ -194,7 +194,7 @@ def plan(manifest: Manifest, host: str, profile: str | None = None, *,
             name=manifest.name, host=host, profile=profile_name,
             services=[units.service(a.name) for a in agents if a.essential] + ([units.ROUTER] if router is not None else [])
             + [units.STATUS],
-            sockets=[units.socket(a.name, a.activation) for a in agents if a.optional]
+            sockets=[units.socket(a.name, a.activation) for a in socketed]
             + ([units.ROUTER_SOCKET] if router is not None else []),
         )))
     except jinja2.TemplateError as exc:
