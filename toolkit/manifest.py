@@ -42,12 +42,8 @@ def _resolve_environment(check: "_Checker", doc: Document, path: tuple, env: dic
     resolved = {}
     for name, item in env.items():
         if isinstance(item, parsers.AddressOf):
-            if item.host not in hosts and not check.hosts_unknown:
-                check.add(doc, path + (name, "address_of"),
-                          f"unknown host {item.host!r} (hosts: {some(hosts)})")
+            if not check.known_host(doc, path + (name, "address_of"), item.host, hosts):
                 continue
-            if item.host not in hosts:
-                continue  # the hosts: section itself is wrong, and says so
             item = HostAddress(item.host, hosts[item.host].address)
         resolved[name] = item
     return resolved
@@ -92,6 +88,15 @@ class _Checker:
 
     def add(self, doc: Document, path: tuple, message: str) -> None:
         self.problems.append(doc.problem(path, message))
+
+    def known_host(self, doc: Document, path: tuple, name: str, hosts: dict) -> bool:
+        """Whether `name` is a host of the manifest; an unknown one is reported (unless hosts:
+        itself is wrong, and says so)."""
+        if name in hosts:
+            return True
+        if not self.hosts_unknown:
+            self.add(doc, path, f"unknown host {name!r} (hosts: {some(hosts)})")
+        return False
 
     def mapping(self, doc: Document, path: tuple, value: Any, what: str) -> dict:
         if value is None or value is INVALID:
@@ -319,8 +324,7 @@ def _read_router(check: _Checker, doc: Document, fleet: dict, hosts: dict[str, H
                                                  "(models: [{name: ..., above: ...}]), one of the two")
             ok = False
     host = settings.get("host")
-    if host is not None and host not in hosts and not check.hosts_unknown:
-        check.add(doc, ("router", "host"), f"unknown host {host!r} (hosts: {some(hosts)})")
+    if host is not None and not check.known_host(doc, ("router", "host"), host, hosts):
         ok = False
     ok = _router_backends(check, doc, settings, hosts) and ok
     if not ok:
@@ -339,8 +343,7 @@ def _router_backends(check: _Checker, doc: Document, settings: dict, hosts: dict
         if peer.name == router_config.LOCAL:
             check.add(doc, path, "'local' is the router's own backend (router.local): name the peer otherwise")
             ok = False
-        if where is not None and where not in hosts and not check.hosts_unknown:
-            check.add(doc, path + ("host",), f"unknown host {where!r} (hosts: {some(hosts)})")
+        if where is not None and not check.known_host(doc, path + ("host",), where, hosts):
             ok = False
         on_router_host = where is None or where == settings.get("host")
         peers.append(replace(peer, gpu=(peer.gpu or 0) if on_router_host else None))
@@ -498,10 +501,7 @@ def _build_agent(check: _Checker, doc: Document, path: tuple, name: str, group: 
     if any(entry[0] is INVALID for entry in merged.values()):
         ok = False
     host = get("host")
-    if ok and host not in hosts:
-        if not check.hosts_unknown:
-            check.add(merged["host"][1], merged["host"][2],
-                      f"unknown host {host!r} (hosts: {some(hosts)})")
+    if ok and not check.known_host(merged["host"][1], merged["host"][2], host, hosts):
         ok = False
     essential = get("essential")
     if essential:

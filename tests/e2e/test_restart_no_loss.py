@@ -123,34 +123,23 @@ class Traffic:
 
 
 def targets() -> dict:
-    def native_ping():
-        reply, _ = client.zmq_request("Native", 27411, "ping", timeout=5)
-        return reply.get("ok") is True
+    """Per agent, THREADS clients: for a reference agent one `agentkit call`-style ping and two
+    REQ sockets asking for work; for the proxied http.server, plain HTTP."""
+    def reference(name: str, port: int) -> list:
+        def ping():
+            reply, _ = client.zmq_request(name, port, "ping", timeout=5)
+            return reply.get("ok") is True
 
-    def native_work():
-        return work(27411, 0.05).get("ok") is True
+        def some_work():
+            return work(port, 0.05).get("ok") is True
 
-    def essential_work():
-        return work(27413, 0.05).get("ok") is True
-
-    def essential_ping():
-        reply, _ = client.zmq_request("Essential", 27413, "ping", timeout=5)
-        return reply.get("ok") is True
-
-    def held_ping():
-        reply, _ = client.zmq_request("EssentialNative", 27414, "ping", timeout=5)
-        return reply.get("ok") is True
-
-    def held_work():
-        return work(27414, 0.05).get("ok") is True
+        return [ping, some_work, some_work]
 
     def proxied():
         return http_get(27412, "/", timeout=5)[0] == 200
 
-    return {"Native": [native_ping, native_work, native_work],
-            "Essential": [essential_ping, essential_work, essential_work],
-            "EssentialNative": [held_ping, held_work, held_work],
-            "Proxied": [proxied] * THREADS}
+    return {"Native": reference("Native", 27411), "Essential": reference("Essential", 27413),
+            "EssentialNative": reference("EssentialNative", 27414), "Proxied": [proxied] * THREADS}
 
 
 def mains(container) -> dict[str, str]:
